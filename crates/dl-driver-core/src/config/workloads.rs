@@ -1,0 +1,48 @@
+//! Workload lookup for `workload=NAME`: `--config-dir DIR/workload/NAME.yaml` first, then the built-in workloads
+//! compiled from `configs/workload/`.
+
+use std::path::Path;
+
+use serde_yaml::Value;
+
+use super::error::ConfigError;
+
+include!(concat!(env!("OUT_DIR"), "/workloads.rs"));
+
+/// Names of the built-in workloads.
+pub fn builtin_workload_names() -> Vec<&'static str> {
+    BUILTIN.iter().map(|(name, _)| *name).collect()
+}
+
+/// Finds workload `name` and parses it; returns the source name used in messages and the raw tree.
+pub fn find(name: &str, config_dir: Option<&Path>) -> Result<(String, Value), ConfigError> {
+    if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
+        return Err(ConfigError::UnknownWorkload {
+            name: name.to_string(),
+            searched: "nowhere: a workload name has no slashes (use --config FILE for a path)".into(),
+            builtin: builtin_workload_names().join(", "),
+        });
+    }
+    let mut searched = Vec::new();
+    if let Some(dir) = config_dir {
+        let path = dir.join("workload").join(format!("{name}.yaml"));
+        if path.is_file() {
+            let source = path.display().to_string();
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| ConfigError::Io { path: source.clone(), source: e })?;
+            let value = super::parse_yaml(&source, &text)?;
+            return Ok((source, value));
+        }
+        searched.push(path.display().to_string());
+    }
+    if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
+        let source = format!("workload {name} (built-in)");
+        return Ok((source.clone(), super::parse_yaml(&source, text)?));
+    }
+    searched.push("the built-in workloads".into());
+    Err(ConfigError::UnknownWorkload {
+        name: name.to_string(),
+        searched: searched.join(", "),
+        builtin: builtin_workload_names().join(", "),
+    })
+}

@@ -1,0 +1,262 @@
+//! The derived plan of a workload for a number of processes: steps, samples per rank, dataset size, file counts,
+//! evaluation and checkpoint schedules, checkpoint size (reference: dlio.md §3-§5).
+
+use serde::Serialize;
+
+use crate::checkpoint::sizing::{checkpoint_size, CheckpointSize};
+use crate::config::{Config, ConfigError, DataLoader, Sampler};
+
+/// What a run of this workload on `world_size` processes will do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub world_size: u64,
+    pub data_location: String,
+    pub checkpoint_location: String,
+    pub output_folder: String,
+    /// The phases that run, in order: generate, train, evaluation, checkpoint.
+    pub phases: Vec<&'static str>,
+    pub sampler: Sampler,
+    pub train: PhasePlan,
+    pub eval: PhasePlan,
+    /// Epochs after which evaluation runs (empty when evaluation is off).
+    pub eval_epochs: Vec<u64>,
+    pub dataset: DatasetPlan,
+    pub checkpoint: Option<CheckpointPlan>,
+}
+
+/// Samples and steps of the training or evaluation phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhasePlan {
+    pub files: u64,
+    pub subfolders: u64,
+    pub samples: u64,
+    /// ceil(samples / processes): the most samples one rank owns.
+    pub samples_per_rank: u64,
+    pub batch_size: u64,
+    /// floor(samples / batch / processes), capped by train.total_training_steps when > 0 (drop_last).
+    pub steps_per_epoch: u64,
+    pub epochs: u64,
+    pub total_steps: u64,
+    /// Nominal bytes: samples * record_length_bytes.
+    pub bytes: u64,
+}
+
+/// Dataset totals.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetPlan {
+    pub format: String,
+    pub record_length_bytes: f64,
+    pub samples_per_file: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// When checkpoints happen and how big they are.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointPlan {
+    /// `epoch`, `step` or `checkpoint_only`.
+    pub trigger: &'static str,
+    /// Epoch mode: the epochs after which a checkpoint is written.
+    pub epochs: Vec<u64>,
+    /// Step mode: the interval in global steps.
+    pub every_steps: Option<u64>,
+    pub writes: u64,
+    pub reads: u64,
+    pub size: CheckpointSize,
+    pub size_gib: f64,
+}
+
+/// Derives the plan; fails on rules that depend on the process count (e.g. processes vs model parallelism).
+pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan, ConfigError> {
+    let invalid = |path: &str, problem: String| ConfigError::invalid(source_name, path, problem);
+    if world_size == 0 {
+        return Err(invalid("(world size)", "got 0 processes, expected >= 1".into()));
+    }
+    let d = &config.dataset;
+    let phase = |files: u64, subfolders: u64, batch: u64, epochs: u64, cap: Option<u64>| {
+        let samples = files * d.num_samples_per_file;
+        let steps = samples / batch / world_size;
+        let steps = cap.map_or(steps, |c| steps.min(c));
+        PhasePlan {
+            files,
+            subfolders: if subfolders > 1 { subfolders } else { 0 },
+            samples,
+            samples_per_rank: samples.div_ceil(world_size),
+            batch_size: batch,
+            steps_per_epoch: steps,
+            epochs,
+            total_steps: steps * epochs,
+            bytes: (samples as f64 * d.record_length_bytes).round() as u64,
+        }
+    };
+    let w = &config.workflow;
+    let train_epochs = if w.train { config.train.epochs } else { 0 };
+    let cap = u64::try_from(config.train.total_training_steps).ok().filter(|c| *c > 0);
+    let train = phase(d.num_files_train, d.num_subfolders_train, config.reader.batch_size, train_epochs, cap);
+    let ev = &config.evaluation;
+    let eval_epochs: Vec<u64> = if w.evaluation && w.train {
+        (1..=train_epochs)
+            .filter(|e| *e >= ev.eval_after_epoch && (e - ev.eval_after_epoch) % ev.epochs_between_evals == 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let eval =
+        phase(d.num_files_eval, d.num_subfolders_eval, config.reader.batch_size_eval, eval_epochs.len() as u64, None);
+    let checkpoint = if w.checkpoint {
+        let size = checkpoint_size(config, world_size).map_err(|(path, why)| invalid(&path, why))?;
+        Some(checkpoint_plan(config, &train, size))
+    } else {
+        None
+    };
+    let phases = [
+        (w.generate_data, "generate"),
+        (w.train, "train"),
+        (w.evaluation && w.train, "evaluation"),
+        (w.checkpoint, "checkpoint"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let sampler = config.reader.data_loader_sampler.unwrap_or(match config.reader.data_loader {
+        DataLoader::Tensorflow => Sampler::Iterative,
+        _ => Sampler::Index,
+    });
+    let location = |r: Result<crate::storage::StorageUri, String>, path: &str| {
+        r.map(|u| u.to_string()).map_err(|why| invalid(path, why))
+    };
+    Ok(Plan {
+        world_size,
+        data_location: location(config.data_location(), "dataset.data_folder")?,
+        checkpoint_location: location(config.checkpoint_location(), "checkpoint.checkpoint_folder")?,
+        output_folder: config.output.folder.clone(),
+        phases,
+        sampler,
+        dataset: DatasetPlan {
+            format: config.dataset.format.to_string(),
+            record_length_bytes: d.record_length_bytes,
+            samples_per_file: d.num_samples_per_file,
+            files: train.files + eval.files,
+            bytes: train.bytes + eval.bytes,
+        },
+        train,
+        eval,
+        eval_epochs,
+        checkpoint,
+    })
+}
+
+fn checkpoint_plan(config: &Config, train: &PhasePlan, size: CheckpointSize) -> CheckpointPlan {
+    let k = &config.checkpoint;
+    let size_gib = size.total_bytes as f64 / f64::from(1u32 << 30);
+    let reads = u64::try_from(k.num_checkpoints_read).unwrap_or(0);
+    if !config.workflow.train {
+        let writes = u64::try_from(k.num_checkpoints_write).unwrap_or(0);
+        return CheckpointPlan {
+            trigger: "checkpoint_only",
+            epochs: Vec::new(),
+            every_steps: None,
+            writes,
+            reads,
+            size,
+            size_gib,
+        };
+    }
+    if let Ok(every) = u64::try_from(k.steps_between_checkpoints) {
+        let writes = train.total_steps / every;
+        return CheckpointPlan {
+            trigger: "step",
+            epochs: Vec::new(),
+            every_steps: Some(every),
+            writes,
+            reads: 0,
+            size,
+            size_gib,
+        };
+    }
+    let epochs: Vec<u64> = (1..=train.epochs)
+        .filter(|e| {
+            *e >= k.checkpoint_after_epoch && (e - k.checkpoint_after_epoch) % k.epochs_between_checkpoints == 0
+        })
+        .collect();
+    CheckpointPlan {
+        trigger: "epoch",
+        writes: epochs.len() as u64,
+        epochs,
+        every_steps: None,
+        reads: 0,
+        size,
+        size_gib,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load, LoadOptions, Source};
+
+    fn planned(yaml: &str, world: u64) -> Plan {
+        let cfg = load(
+            &Source::Tree { name: "t".into(), value: serde_yaml::from_str(yaml).unwrap() },
+            &[],
+            &LoadOptions::default(),
+        )
+        .unwrap()
+        .config;
+        plan(&cfg, "t", world).unwrap()
+    }
+
+    #[test]
+    fn steps_drop_the_last_partial_batch_and_respect_the_cap() {
+        let p = planned("dataset: {num_files_train: 10, num_samples_per_file: 3}\nreader: {batch_size: 4}", 2);
+        assert_eq!((p.train.samples, p.train.samples_per_rank, p.train.steps_per_epoch), (30, 15, 3));
+        let p = planned(
+            "dataset: {num_files_train: 10}\nreader: {batch_size: 1}\ntrain: {total_training_steps: 4, epochs: 3}",
+            1,
+        );
+        assert_eq!((p.train.steps_per_epoch, p.train.total_steps), (4, 12));
+    }
+
+    #[test]
+    fn uneven_samples_per_rank_round_up() {
+        let p = planned("dataset: {num_files_train: 7}", 3);
+        assert_eq!(p.train.samples_per_rank, 3);
+        assert_eq!(p.train.steps_per_epoch, 2);
+    }
+
+    #[test]
+    fn epoch_and_step_checkpoint_schedules() {
+        let p = planned(
+            "workflow: {checkpoint: True}\ntrain: {epochs: 9}\ncheckpoint: {checkpoint_after_epoch: 5, epochs_between_checkpoints: 2}",
+            1,
+        );
+        let c = p.checkpoint.unwrap();
+        assert_eq!((c.trigger, c.epochs.clone(), c.writes), ("epoch", vec![5, 7, 9], 3));
+        let p = planned(
+            "workflow: {checkpoint: True}\ndataset: {num_files_train: 100}\ntrain: {epochs: 2}\ncheckpoint: {steps_between_checkpoints: 30}",
+            1,
+        );
+        let c = p.checkpoint.unwrap();
+        assert_eq!((c.trigger, c.every_steps, c.writes), ("step", Some(30), 6));
+    }
+
+    #[test]
+    fn eval_schedule_and_steps() {
+        let p = planned(
+            "workflow: {evaluation: True}\ndataset: {num_files_eval: 8}\nreader: {batch_size_eval: 2}\ntrain: {epochs: 5}\n\
+             evaluation: {eval_after_epoch: 2, epochs_between_evals: 2}",
+            2,
+        );
+        assert_eq!(p.eval_epochs, vec![2, 4]);
+        assert_eq!(p.eval.steps_per_epoch, 2);
+        assert_eq!(p.phases, vec!["train", "evaluation"]);
+    }
+
+    #[test]
+    fn storage_block_becomes_a_uri() {
+        let p = planned("storage: {storage_type: s3, storage_root: my-bucket}\ndataset: {data_folder: data/unet3d}", 1);
+        assert_eq!(p.data_location, "s3://my-bucket/data/unet3d");
+        let p = planned("dataset: {data_folder: az://ctr/x}\nstorage: {storage_type: s3, storage_root: bkt}", 1);
+        assert_eq!(p.data_location, "az://ctr/x");
+    }
+}

@@ -1,0 +1,5 @@
+//! Storage locations (the object_store backends build on these).
+
+mod uri;
+
+pub use uri::{Scheme, StorageUri};
