@@ -105,8 +105,7 @@ fn malformed_inputs_name_the_key_and_the_problem() {
     for (yaml, overrides, path, problem) in MALFORMED {
         let overrides: Vec<String> = overrides.iter().map(ToString::to_string).collect();
         let err = load(&tree(yaml), &overrides, &LoadOptions::default())
-            .map(|l| format!("no error, got {:?}", l.config))
-            .unwrap_or_else(|e| e.to_string());
+            .map_or_else(|e| e.to_string(), |l| format!("no error, got {:?}", l.config));
         assert!(
             err.contains(path) && err.contains(problem),
             "{yaml} {overrides:?}: expected {path} / {problem}, got: {err}"
@@ -195,6 +194,18 @@ fn set(root: &mut Value, path: &str, value: Value) {
     node.as_mapping_mut().unwrap().insert(parts[parts.len() - 1].into(), value);
 }
 
+#[test]
+fn yaml_is_read_the_same_by_yaml_1_1_readers() {
+    let cfg = resolved("reader: {file_shuffle: 'off', sample_shuffle: seed}\nprofiling: {iostat_devices: ['on', sda]}");
+    let text = cfg.to_yaml(false);
+    assert!(text.contains("file_shuffle: 'off'"), "{text}");
+    assert!(text.contains("- 'on'"), "{text}");
+    let (again, _) = resolve("y", parse_yaml("y", &text).unwrap(), true).unwrap();
+    assert_eq!(again, cfg);
+    // What PyYAML makes of an unquoted `off`.
+    assert_eq!(resolved("reader: {sample_shuffle: false}").reader.sample_shuffle, dl_driver_core::config::Shuffle::Off);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
@@ -207,7 +218,7 @@ proptest! {
             set(&mut raw, path, value);
         }
         let (config, _) = resolve("p.yaml", raw, true).unwrap();
-        let text = serde_yaml::to_string(&config).unwrap();
+        let text = config.to_yaml(false);
         let (again, warnings) = resolve("p.yaml", parse_yaml("p.yaml", &text).unwrap(), true).unwrap();
         prop_assert!(warnings.is_empty());
         prop_assert_eq!(&again, &config);

@@ -64,6 +64,12 @@ pub fn normalize(source_name: &str, root: &mut Value) -> Result<(), ConfigError>
             _ => put(top, new, value),
         }
     }
+    // YAML 1.1 readers (PyYAML, OmegaConf) turn a bare `off` into false: accept it as the shuffle mode it was.
+    for key in ["reader.file_shuffle", "reader.sample_shuffle"] {
+        if get(top, key) == Some(&Value::Bool(false)) {
+            put(top, key, Value::String("off".into()));
+        }
+    }
     for key in TIME_KEYS {
         let stdev_key = format!("{key}_stdev");
         let stdev = match take(top, &stdev_key) {

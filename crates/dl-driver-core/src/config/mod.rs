@@ -52,6 +52,11 @@ pub struct Loaded {
 /// Loads a workload, applies `overrides` (DLIO command-line syntax) in order, resolves and validates it.
 pub fn load(source: &Source, overrides: &[String], options: &LoadOptions) -> Result<Loaded, ConfigError> {
     let parsed: Vec<Override> = overrides.iter().map(|o| Override::parse(o)).collect::<Result<_, _>>()?;
+    load_with(source, &parsed, options)
+}
+
+/// [`load`] with overrides already parsed (or built with [`Override::force`]).
+pub fn load_with(source: &Source, parsed: &[Override], options: &LoadOptions) -> Result<Loaded, ConfigError> {
     let (source_name, mut raw) = match source {
         Source::Name(name) => workloads::find(name, options.config_dir.as_deref())?,
         Source::File(path) => {
@@ -66,7 +71,7 @@ pub fn load(source: &Source, overrides: &[String], options: &LoadOptions) -> Res
         raw = Value::Mapping(serde_yaml::Mapping::new());
     }
     let mut hydra_run_dir = None;
-    for o in &parsed {
+    for o in parsed {
         match &o.target {
             Target::Workload(_) => o.apply(&mut raw)?,
             Target::Hydra(path) if path == &["run", "dir"] => {

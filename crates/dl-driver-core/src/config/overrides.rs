@@ -80,6 +80,15 @@ impl Override {
         Ok(Self { text: text.to_string(), kind, target, value })
     }
 
+    /// A `++workload.<path>=value` override with an already-typed value (from Python's `overrides={...}`).
+    pub fn force(path: &str, value: Value) -> Result<Self, ConfigError> {
+        let path = path.strip_prefix("workload.").unwrap_or(path);
+        let mut parsed = Self::parse(&format!("++workload.{path}=null"))?;
+        parsed.text = format!("++workload.{path}={}", super::error::show(&value));
+        parsed.value = value;
+        Ok(parsed)
+    }
+
     /// The override as written, with the value hidden when the key holds a credential.
     pub fn redacted_text(&self) -> String {
         redact(&self.text)

@@ -519,6 +519,11 @@ impl Default for Metric {
     }
 }
 
+/// Plain scalars that YAML 1.1 reads as booleans but YAML 1.2 reads as strings.
+fn is_yaml11_bool_word(scalar: &str) -> bool {
+    matches!(scalar.to_ascii_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off")
+}
+
 /// Keys whose values are free-form maps: their contents are not checked against the schema.
 pub const FREE_FORM_KEYS: &[&str] = &["storage.storage_options", "checkpoint.ksm"];
 
@@ -534,6 +539,33 @@ pub fn is_secret_key(key: &str) -> bool {
 }
 
 impl Config {
+    /// The canonical YAML text of this config, credentials shown as `***` when `redact`.
+    ///
+    /// Strings that YAML 1.1 readers (PyYAML, OmegaConf: what DLIO and MLPerf tools use) would take for booleans,
+    /// like `off`, are quoted, so every reader sees the same values.
+    pub fn to_yaml(&self, redact: bool) -> String {
+        let value = if redact { self.to_redacted_value() } else { self.to_value() };
+        let text = serde_yaml::to_string(&value).expect("a Config always serializes");
+        let mut out = String::with_capacity(text.len() + 16);
+        for line in text.lines() {
+            let scalar_at = match line.rsplit_once(": ") {
+                Some((key, _)) => Some(key.len() + 2),
+                None => line.trim_start().strip_prefix("- ").map(|v| line.len() - v.len()),
+            };
+            match scalar_at {
+                Some(at) if is_yaml11_bool_word(&line[at..]) => {
+                    out.push_str(&line[..at]);
+                    out.push('\'');
+                    out.push_str(&line[at..]);
+                    out.push('\'');
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// The canonical YAML tree of this config.
     pub fn to_value(&self) -> Value {
         serde_yaml::to_value(self).expect("a Config always serializes")

@@ -1,0 +1,139 @@
+//! `dl_driver._core`: thin Python bindings of dl-driver-core. Configs cross the boundary as JSON text.
+
+// pyo3 hands functions owned arguments extracted from Python objects.
+#![allow(clippy::needless_pass_by_value)]
+
+use dl_driver_core::config::{self, ConfigError as CoreConfigError, LoadOptions, Override, Source};
+use dl_driver_core::plan;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+pyo3::create_exception!(_core, DlDriverError, PyException, "Base class of every dl-driver error.");
+pyo3::create_exception!(_core, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
+
+fn config_error(e: &CoreConfigError) -> PyErr {
+    ConfigError::new_err(e.to_string())
+}
+
+fn json_error(what: &str, e: &serde_json::Error) -> PyErr {
+    ConfigError::new_err(format!("{what}: {e}"))
+}
+
+/// What `load_config` returns to Python.
+#[pyclass(frozen, get_all)]
+struct LoadResult {
+    /// The resolved config as JSON text.
+    config_json: String,
+    warnings: Vec<String>,
+    source_name: String,
+    overrides: Vec<String>,
+}
+
+/// Loads and validates a workload.
+///
+/// `kind` is `name` (workload=NAME), `file` (a YAML path) or `json` (a config tree as JSON text).
+/// `overrides` are DLIO command-line overrides; `typed_overrides_json` is a JSON list of `[path, value]` pairs.
+#[pyfunction]
+#[pyo3(signature = (source, kind, overrides, typed_overrides_json, config_dir, strict))]
+fn load_config(
+    py: Python<'_>,
+    source: &str,
+    kind: &str,
+    overrides: Vec<String>,
+    typed_overrides_json: &str,
+    config_dir: Option<String>,
+    strict: bool,
+) -> PyResult<LoadResult> {
+    let source = match kind {
+        "name" => Source::Name(source.to_string()),
+        "file" => Source::File(source.into()),
+        "json" => {
+            let value: serde_yaml::Value =
+                serde_json::from_str(source).map_err(|e| json_error("the config dict is not valid", &e))?;
+            Source::Tree { name: "config dict".into(), value }
+        }
+        other => return Err(DlDriverError::new_err(format!("unknown source kind '{other}'"))),
+    };
+    let typed: Vec<(String, serde_yaml::Value)> =
+        serde_json::from_str(typed_overrides_json).map_err(|e| json_error("overrides are not valid", &e))?;
+    let options = LoadOptions { config_dir: config_dir.map(Into::into), strict };
+    let loaded = py
+        .detach(|| {
+            let mut parsed: Vec<Override> = overrides.iter().map(|o| Override::parse(o)).collect::<Result<_, _>>()?;
+            for (path, value) in typed {
+                parsed.push(Override::force(&path, value)?);
+            }
+            config::load_with(&source, &parsed, &options)
+        })
+        .map_err(|e| config_error(&e))?;
+    Ok(LoadResult {
+        config_json: serde_json::to_string(&loaded.config).expect("configs serialize"),
+        warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+        source_name: loaded.source_name,
+        overrides: loaded.overrides,
+    })
+}
+
+fn parse_config(config_json: &str) -> PyResult<config::Config> {
+    let value: serde_yaml::Value = serde_json::from_str(config_json).map_err(|e| json_error("config", &e))?;
+    config::resolve("config", value, true).map(|(c, _)| c).map_err(|e| config_error(&e))
+}
+
+/// The derived plan of a resolved config for `world_size` processes, as JSON text.
+#[pyfunction]
+fn plan_json(config_json: &str, source_name: &str, world_size: u64) -> PyResult<String> {
+    let cfg = parse_config(config_json)?;
+    let p = plan::plan(&cfg, source_name, world_size).map_err(|e| config_error(&e))?;
+    Ok(serde_json::to_string(&p).expect("plans serialize"))
+}
+
+/// The canonical YAML of a resolved config; credentials are shown as `***` when `redact`.
+#[pyfunction]
+#[pyo3(signature = (config_json, redact = true))]
+fn config_yaml(config_json: &str, redact: bool) -> PyResult<String> {
+    Ok(parse_config(config_json)?.to_yaml(redact))
+}
+
+/// The canonical JSON of a resolved config with credentials shown as `***`.
+#[pyfunction]
+fn redacted_config_json(config_json: &str) -> PyResult<String> {
+    let cfg = parse_config(config_json)?;
+    Ok(serde_json::to_string(&cfg.to_redacted_value()).expect("YAML values serialize as JSON"))
+}
+
+/// Any JSON text rendered as YAML.
+#[pyfunction]
+fn json_to_yaml(text: &str) -> PyResult<String> {
+    let value: serde_yaml::Value = serde_json::from_str(text).map_err(|e| json_error("JSON", &e))?;
+    Ok(serde_yaml::to_string(&value).expect("YAML values serialize"))
+}
+
+/// Whether an option key names a credential (its value is never shown).
+#[pyfunction]
+fn is_secret_key(key: &str) -> bool {
+    config::is_secret_key(key)
+}
+
+/// Names of the workloads built into this package.
+#[pyfunction]
+fn builtin_workloads() -> Vec<&'static str> {
+    config::builtin_workload_names()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DlDriverError", py.get_type::<DlDriverError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("FREE_FORM_KEYS", config::FREE_FORM_KEYS.to_vec())?;
+    m.add_class::<LoadResult>()?;
+    m.add_function(wrap_pyfunction!(is_secret_key, m)?)?;
+    m.add_function(wrap_pyfunction!(load_config, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_json, m)?)?;
+    m.add_function(wrap_pyfunction!(config_yaml, m)?)?;
+    m.add_function(wrap_pyfunction!(redacted_config_json, m)?)?;
+    m.add_function(wrap_pyfunction!(json_to_yaml, m)?)?;
+    m.add_function(wrap_pyfunction!(builtin_workloads, m)?)?;
+    Ok(())
+}

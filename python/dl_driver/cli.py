@@ -1,0 +1,151 @@
+"""The ``dl-driver`` command: DLIO's command-line habits (``workload=NAME``, ``++workload.a.b=v``) plus our flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from dl_driver import _core
+from dl_driver._core import DlDriverError
+from dl_driver.config import Config, ConfigWarning, load_dlio_config
+
+#: Subcommands that later versions bring, with what they will do.
+PLANNED = {
+    "run": "runs a workload's training emulation (reader pipeline, compute, checkpoints) and writes DLIO's run files",
+    "generate": "generates a workload's dataset in DLIO's layout and format",
+    "datasize": "computes MLPerf's minimum dataset size for a workload and host",
+    "checkpoint": "lists, verifies and deletes checkpoints",
+    "report": "aggregates run folders into MLPerf JSON/CSV reports",
+}
+
+#: Launcher variables that carry the number of processes (mpirun, torchrun, Slurm).
+WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "WORLD_SIZE", "SLURM_NTASKS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dl-driver",
+        description="Storage benchmark for AI training: runs DLIO workload configs unmodified.",
+        epilog="Example: dl-driver validate workload=unet3d_h100 ++workload.dataset.num_files_train=16",
+    )
+    parser.add_argument("--version", action="version", version=f"dl-driver {_core.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    validate = commands.add_parser(
+        "validate", help="load, validate and print a workload's resolved config and derived plan"
+    )
+    _workload_arguments(validate)
+    validate.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    validate.set_defaults(handler=_validate)
+    for name, what in PLANNED.items():
+        planned = commands.add_parser(name, help=f"(not available yet) {what}")
+        planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        planned.set_defaults(handler=_not_available)
+    return parser
+
+
+def _workload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="workload=NAME | ++workload.KEY=VALUE",
+        help="the workload (default: DLIO's 'default') and DLIO/Hydra overrides",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a workload YAML file instead of workload=NAME")
+    parser.add_argument("--config-dir", metavar="DIR", help="look up workload=NAME as DIR/workload/NAME.yaml first")
+    parser.add_argument("--strict", action="store_true", help="unknown keys are errors, not warnings")
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        metavar="N",
+        help=f"number of processes (default: from {', '.join(WORLD_SIZE_VARIABLES)}, else 1)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except DlDriverError as e:
+        print(f"dl-driver {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def load_from_args(args: argparse.Namespace) -> Config:
+    """Loads the workload named by DLIO-style arguments, printing unknown-key warnings to stderr."""
+    workload = None
+    overrides = []
+    for token in args.args:
+        if token.startswith("workload="):
+            workload = token.removeprefix("workload=")
+        elif token.startswith(("+", "~")) or "=" in token:
+            overrides.append(token)
+        else:
+            raise DlDriverError(f"unexpected argument '{token}': expected workload=NAME or ++workload.KEY=VALUE")
+    if workload and args.config:
+        raise DlDriverError(f"give either workload={workload} or --config {args.config}, not both")
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise DlDriverError(f"--config {args.config}: no such file")
+        source = args.config
+    else:
+        source = "workload=" + (workload if workload is not None else "default")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        cfg = load_dlio_config(source, overrides, args.config_dir, strict=args.strict)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return cfg
+
+
+def world_size(args: argparse.Namespace) -> int:
+    """The process count: --world-size, else the launcher's environment, else 1."""
+    if args.world_size is not None:
+        if args.world_size < 1:
+            raise DlDriverError(f"--world-size {args.world_size}: expected a process count >= 1")
+        return args.world_size
+    for name in WORLD_SIZE_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise DlDriverError(f"environment variable {name}={value!r}: expected a process count >= 1")
+            return int(value)
+    return 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    plan = cfg.plan(world_size(args))
+    if args.json:
+        document = {
+            "source": cfg.source_name,
+            "overrides": cfg.overrides,
+            "warnings": cfg.warnings,
+            "config": json.loads(cfg.to_json()),
+            "plan": plan,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    print(f"# dl-driver {_core.__version__}: resolved config of {cfg.source_name}")
+    print(cfg.to_yaml(), end="")
+    print("---")
+    print(f"# derived plan for {plan['world_size']} process(es)")
+    print(_core.json_to_yaml(json.dumps(plan)), end="")
+    return 0
+
+
+def _not_available(args: argparse.Namespace) -> int:
+    print(
+        f"dl-driver {args.command}: not available yet in dl-driver {_core.__version__} "
+        f"(it {PLANNED[args.command]}); 'dl-driver validate' works today",
+        file=sys.stderr,
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The dl-driver command: DLIO-style arguments, validate's output, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+GIB = 1024**3
+
+
+def test_validate_prints_config_and_plan_as_yaml(cli) -> None:
+    out = cli("validate", "workload=unet3d_h100")
+    assert out.returncode == 0, out.stderr
+    config, plan = list(yaml.safe_load_all(out.stdout))
+    assert config["dataset"]["num_files_train"] == 168
+    assert config["reader"]["data_loader"] == "pytorch"
+    assert (plan["train"]["files"], plan["train"]["steps_per_epoch"]) == (168, 24)
+    assert plan["checkpoint"]["epochs"] == [5]
+    assert out.stderr == ""
+
+
+def test_validate_json_with_overrides_and_world_size(cli) -> None:
+    out = cli(
+        "validate",
+        "workload=resnet50_h100",
+        "++workload.dataset.num_files_train=16",
+        "++workload.reader.batch_size=100",
+        "++hydra.run.dir=/tmp/x",
+        "++hydra.output_subdir=null",
+        "--world-size",
+        "2",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["plan"]["train"]["samples"] == 16 * 1251
+    assert doc["plan"]["train"]["steps_per_epoch"] == 16 * 1251 // 100 // 2
+    assert doc["plan"]["world_size"] == 2
+    assert doc["config"]["output"]["folder"] == "/tmp/x"
+    assert doc["overrides"][0] == "++workload.dataset.num_files_train=16"
+
+
+def test_world_size_from_launcher_environment(cli) -> None:
+    out = cli("validate", "workload=llama_8b_zero3", "--json", env={"OMPI_COMM_WORLD_SIZE": "8"})
+    assert out.returncode == 0, out.stderr
+    size = json.loads(out.stdout)["plan"]["checkpoint"]["size"]["total_bytes"] / GIB
+    assert abs(size - 105) / 105 < 0.01
+    out = cli("validate", "workload=llama_70b", "--world-size", "12")
+    assert out.returncode == 2
+    assert "model.parallelism" in out.stderr and "12 processes" in out.stderr
+
+
+def test_config_file_and_config_dir(cli, tmp_path: Path) -> None:
+    (tmp_path / "cfgs" / "workload").mkdir(parents=True)
+    (tmp_path / "cfgs" / "workload" / "tiny.yaml").write_text("dataset: {num_files_train: 2}\n")
+    out = cli("validate", "workload=tiny", "--config-dir", str(tmp_path / "cfgs"), "--json")
+    assert json.loads(out.stdout)["config"]["dataset"]["num_files_train"] == 2
+    (tmp_path / "w.yaml").write_text("dataset: {num_files_train: 5}\n")
+    out = cli("validate", "--config", "w.yaml", "--json")
+    assert json.loads(out.stdout)["config"]["dataset"]["num_files_train"] == 5
+    out = cli("validate", "--config", "w.yaml", "workload=default")
+    assert out.returncode == 2 and "not both" in out.stderr
+
+
+def test_default_workload_is_dlios_default(cli) -> None:
+    out = cli("validate", "--json")
+    assert json.loads(out.stdout)["config"]["model"]["name"] == "default"
+
+
+def test_unknown_keys_warn_on_stderr_and_fail_under_strict(cli) -> None:
+    out = cli("validate", "workload=default", "++workload.reader.read_thread=4")
+    assert out.returncode == 0
+    assert "warning:" in out.stderr and "reader.read_thread" in out.stderr and "did you mean reader.read_threads?" in out.stderr
+    out = cli("validate", "workload=default", "++workload.reader.read_thread=4", "--strict")
+    assert out.returncode == 2
+    assert "reader.read_thread" in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["workload=default", "++workload.reader.batch_size=0"], "reader.batch_size"),
+        (["workload=default", "++workload.dataset.num_files_train=-3"], "dataset.num_files_train"),
+        (["workload=default", "++workload.framework=tensorflow"], "reader.data_loader"),
+        (["workload=default", "++workload.dataset.format=tfrecord"], "dataset.format"),
+        (["workload=default", "++workload.dataset.data_folder=ftp://x/y"], "dataset.data_folder"),
+        (["workload=default", "workload.train.seed=3"], "++workload.train.seed"),
+        (["workload=default", "++workload.train.epochs=[1"], "not closed"),
+        (["workload=default", "++workload.train.epochs=1,2"], "sweep"),
+        (["workload=nope"], "workload 'nope' not found"),
+        (["workload=default", "stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_errors_exit_2_with_the_key_named_and_write_nothing(cli, tmp_path: Path, args: list[str], needle: str) -> None:
+    out = cli("validate", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr, out.stderr
+    assert out.stdout == ""
+    assert list(tmp_path.iterdir()) == [], "a failed validation writes nothing"
+
+
+def test_yaml_syntax_error_has_line_and_column(cli, tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: 1\n bad: [\n")
+    out = cli("validate", "--config", "bad.yaml")
+    assert out.returncode == 2
+    assert "bad.yaml:" in out.stderr and "invalid YAML" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "generate", "datasize", "checkpoint", "report"])
+def test_planned_commands_say_they_are_not_available(cli, command: str) -> None:
+    out = cli(command, "workload=quickstart")
+    assert out.returncode == 2
+    assert "not available yet" in out.stderr
+    assert out.stdout == ""
+
+
+def test_secrets_are_not_printed(cli) -> None:
+    out = cli(
+        "validate",
+        "workload=unet3d_h100",
+        "++workload.storage.storage_type=s3",
+        "++workload.storage.storage_root=bkt",
+        "++workload.storage.storage_options.secret_access_key=TOPSECRET",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "TOPSECRET" not in out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["plan"]["data_location"] == "s3://bkt/data/unet3d"
+    assert doc["config"]["storage"]["storage_options"]["secret_access_key"] == "***"
