@@ -185,3 +185,86 @@ def test_property_resolved_config_round_trips(overrides: dict[str, object]) -> N
     again = load_dlio_config(yaml.safe_load(cfg.to_yaml(redact=False)), strict=True)
     assert again == cfg
     assert isinstance(again, Config)
+
+
+# Written the way DLIO's own repository writes these workloads (older key names, keys no DLIO version reads).
+STOCK_UNET3D = """
+model:
+  name: unet3d
+framework: pytorch
+workflow:
+  generate_data: False
+  train: True
+  checkpoint: True
+dataset:
+  data_folder: data/unet3d/
+  format: npz
+  num_files_train: 168
+  num_samples_per_file: 1
+  record_length: 146600628
+  record_length_stdev: 68341808
+  record_length_resize: 2097152
+reader:
+  data_loader: pytorch
+  batch_size: 7
+  read_threads: 4
+  file_shuffle: seed
+  sample_shuffle: seed
+train:
+  epochs: 5
+  computation_time: 0.323
+checkpoint:
+  checkpoint_folder: checkpoints/unet3d
+  checkpoint_after_epoch: 5
+  epochs_between_checkpoints: 2
+  model_size: 499153191
+metric:
+  au: 0.90
+"""
+
+STOCK_LLAMA_8B = """
+model:
+  name: llama_8b_zero3
+  type: transformer
+  num_layers: 32
+  model_datatype: fp16
+  optimizer_datatype: fp32
+  parallelism: {pipeline: 1, tensor: 1, zero_stage: 3}
+  transformer: {vocab_size: 128256, hidden_size: 4096, ffn_hidden_size: 14336, num_attention_heads: 32, num_kv_heads: 8}
+framework: pytorch
+workflow: {generate_data: False, train: False, checkpoint: True}
+dataset: {data_folder: data/llama_8b/, format: mmap_indexed_binary, num_files_train: 1, num_samples_per_file: 1048576, record_length_bytes: 2048}
+reader: {data_loader: pytorch, batch_size: 16, read_threads: 1, file_shuffle: seed, sample_shuffle: seed}
+train: {epochs: 1, computation_time: 5, total_training_steps: 5}
+checkpoint:
+  checkpoint_folder: checkpoints/llama_8b_zero3
+  time_between_checkpoints: 5
+  num_checkpoints: 10
+  recovery_after_steps: 2
+  recovery_rank_shift: True
+"""
+
+
+def test_stock_dlio_yamls_load_unmodified_with_their_command_lines(tmp_path: Path) -> None:
+    (tmp_path / "workload").mkdir()
+    (tmp_path / "workload" / "unet3d_h100.yaml").write_text(STOCK_UNET3D)
+    (tmp_path / "workload" / "llama_8b_zero3.yaml").write_text(STOCK_LLAMA_8B)
+    mlperf_args = [
+        "++workload.workflow.generate_data=False",
+        "++workload.dataset.num_files_train=400",
+        "workload.reader.read_threads=8",
+        "++workload.dataset.data_folder=/mnt/data/unet3d",
+        "++hydra.run.dir=results/unet3d/run",
+        "++hydra.output_subdir=dlio_config",
+    ]
+    cfg = load_dlio_config("unet3d_h100", mlperf_args, config_dir=tmp_path)
+    ours = load_dlio_config("unet3d_h100", mlperf_args)
+    assert cfg == ours, "DLIO's own file and ours resolve to the same config"
+    assert cfg.dataset.record_length_bytes == 146600628
+    assert cfg.model.model_size_bytes == 499153191
+    assert (cfg.reader.read_threads, cfg.dataset.num_files_train, cfg.output.folder) == (8, 400, "results/unet3d/run")
+    with pytest.warns(ConfigWarning) as caught:
+        llama = load_dlio_config("llama_8b_zero3", ["++workload.checkpoint.num_checkpoints_write=10"], config_dir=tmp_path)
+    assert {str(w.message).split("unknown key ")[1].split(" (")[0] for w in caught} == {"checkpoint.num_checkpoints", "checkpoint.recovery_after_steps"}
+    plan = llama.plan(world_size=8)
+    assert abs(plan["checkpoint"]["size_gib"] - 104.70) < 0.01
