@@ -1,5 +1,387 @@
-//! Storage locations (the object_store backends build on these).
+//! Storage: a location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path) opens as a
+//! [`Store`]: an `object_store::ObjectStore` plus the location's prefix, with the operations the engine needs.
+//! Nothing above this module branches on the backend.
 
+mod buffer;
+mod error;
+mod local;
+mod options;
 mod uri;
 
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+
+pub use buffer::{AlignedBuf, ALIGN};
+pub use error::StorageError;
+pub use local::LocalStore;
+pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
 pub use uri::{Scheme, StorageUri};
+
+/// An object as listed: its key relative to the store's location, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// An open storage location.
+#[derive(Debug, Clone)]
+pub struct Store {
+    uri: StorageUri,
+    inner: Arc<dyn ObjectStore>,
+    /// Set for `file://` and `direct://`: reads go straight to the files.
+    local: Option<Arc<LocalStore>>,
+    prefix: Path,
+    settings: Settings,
+    secrets: Arc<Vec<String>>,
+}
+
+/// Opens a location with options (see [`StorageOptions`]); environment variables fill in what options leave out.
+pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageError> {
+    let uri = StorageUri::parse(location).map_err(|problem| StorageError::Location { problem })?;
+    let shown = uri.to_string();
+    let settings = Settings::from_options(&shown, options)?;
+    let secrets = Arc::new(options.secrets());
+    let build_error = |e: &object_store::Error| StorageError::from_object_store(&shown, "connecting", e, &secrets);
+    let (inner, local, prefix): (Arc<dyn ObjectStore>, Option<Arc<LocalStore>>, Path) = match uri.scheme {
+        Scheme::File | Scheme::Direct => {
+            reject_backend_options(&shown, options, "local files")?;
+            let root = std::path::absolute(&uri.path).map_err(|e| StorageError::from_io(&shown, "resolving", &e))?;
+            let direct = uri.scheme == Scheme::Direct;
+            let store = LocalStore::new(root.clone(), direct).map_err(|e| {
+                if direct && e.raw_os_error() == Some(libc::EINVAL) {
+                    StorageError::DirectUnsupported { path: root.display().to_string(), source: e }
+                } else {
+                    StorageError::from_io(&shown, "opening", &e)
+                }
+            })?;
+            let store = Arc::new(store);
+            (store.clone(), Some(store), Path::default())
+        }
+        Scheme::Memory => {
+            reject_backend_options(&shown, options, "memory://")?;
+            (Arc::new(InMemory::new()), None, key_path(&shown, &uri.path)?)
+        }
+        Scheme::S3 => {
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
+            let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
+            for (key, value) in backend_options(options) {
+                let (key, value) = match key {
+                    "s3_force_path_style" => ("aws_virtual_hosted_style_request", negate(&shown, key, value)?),
+                    other => (other, value.to_string()),
+                };
+                let parsed: AmazonS3ConfigKey = key.parse().map_err(|_| unknown_option(&shown, key))?;
+                if matches!(parsed, AmazonS3ConfigKey::Endpoint) {
+                    endpoint = Some(value.clone());
+                }
+                b = b.with_config(parsed, value);
+            }
+            if endpoint.as_deref().is_some_and(options::is_loopback_http) && options.get("allow_http").is_none() {
+                b = b.with_allow_http(true);
+            }
+            (Arc::new(b.build().map_err(|e| build_error(&e))?), None, key_path(&shown, &uri.path)?)
+        }
+        Scheme::Az => {
+            let mut b =
+                MicrosoftAzureBuilder::from_env().with_container_name(&uri.bucket).with_retry(settings.retry.clone());
+            let mut endpoint = std::env::var("AZURE_STORAGE_ENDPOINT").ok();
+            for (key, value) in backend_options(options) {
+                let key = if key == "endpoint_url" { "endpoint" } else { key };
+                let parsed: AzureConfigKey = key.parse().map_err(|_| unknown_option(&shown, key))?;
+                if matches!(parsed, AzureConfigKey::Endpoint) {
+                    endpoint = Some(value.to_string());
+                }
+                b = b.with_config(parsed, value);
+            }
+            if endpoint.as_deref().is_some_and(options::is_loopback_http) && options.get("allow_http").is_none() {
+                b = b.with_allow_http(true);
+            }
+            (Arc::new(b.build().map_err(|e| build_error(&e))?), None, key_path(&shown, &uri.path)?)
+        }
+        Scheme::Gs => {
+            let mut b =
+                GoogleCloudStorageBuilder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
+            for (key, value) in backend_options(options) {
+                let parsed: GoogleConfigKey = key.parse().map_err(|_| unknown_option(&shown, key))?;
+                b = b.with_config(parsed, value);
+            }
+            (Arc::new(b.build().map_err(|e| build_error(&e))?), None, key_path(&shown, &uri.path)?)
+        }
+    };
+    Ok(Store { uri, inner, local, prefix, settings, secrets })
+}
+
+fn backend_options(options: &StorageOptions) -> impl Iterator<Item = (&str, &str)> {
+    options.iter().filter(|(k, _)| !options::is_own_key(k))
+}
+
+fn reject_backend_options(uri: &str, options: &StorageOptions, what: &str) -> Result<(), StorageError> {
+    match backend_options(options).next() {
+        Some((key, _)) => Err(StorageError::Option {
+            uri: uri.into(),
+            key: key.into(),
+            problem: format!("{what} take no backend options (only max_in_flight and part_size)"),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn unknown_option(uri: &str, key: &str) -> StorageError {
+    StorageError::Option {
+        uri: uri.into(),
+        key: key.into(),
+        problem: "unknown option: expected DLIO's storage_options (access_key_id, secret_access_key, endpoint_url, \
+                  region, s3_force_path_style, s3_max_attempts), dl-driver's (max_in_flight, part_size, max_retries, \
+                  retry_timeout, backoff_initial, backoff_max) or an object_store config key of this backend"
+            .into(),
+    }
+}
+
+fn negate(uri: &str, key: &str, value: &str) -> Result<String, StorageError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok("false".into()),
+        "false" | "0" => Ok("true".into()),
+        _ => Err(StorageError::Option {
+            uri: uri.into(),
+            key: key.into(),
+            problem: format!("got '{value}', expected true or false"),
+        }),
+    }
+}
+
+/// An object key path, checked (no empty, `.` or `..` segments).
+fn key_path(uri: &str, key: &str) -> Result<Path, StorageError> {
+    if key.is_empty() {
+        return Ok(Path::default());
+    }
+    if key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        return Err(StorageError::Location {
+            problem: format!("{uri}: key '{key}' has an empty, '.' or '..' segment"),
+        });
+    }
+    Ok(Path::from(key))
+}
+
+impl Store {
+    /// The location this store was opened on.
+    pub fn uri(&self) -> &StorageUri {
+        &self.uri
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn location(&self, key: &str) -> Result<Path, StorageError> {
+        let key = key.trim_start_matches('/');
+        let relative = key_path(&self.uri.to_string(), key)?;
+        Ok(if self.prefix.as_ref().is_empty() {
+            relative
+        } else {
+            self.prefix.parts().chain(relative.parts()).collect()
+        })
+    }
+
+    fn shown(&self, key: &str) -> String {
+        self.uri.join(key).to_string()
+    }
+
+    fn fail(&self, key: &str, operation: &'static str, e: &object_store::Error) -> StorageError {
+        StorageError::from_object_store(&self.shown(key), operation, e, &self.secrets)
+    }
+
+    /// The whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let location = self.location(key)?;
+        let result = self.inner.get(&location).await.map_err(|e| self.fail(key, "get", &e))?;
+        result.bytes().await.map_err(|e| self.fail(key, "get", &e))
+    }
+
+    /// Bytes `range` of the object.
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let location = self.location(key)?;
+        if range.start == range.end {
+            self.head(key).await?;
+            return Ok(Bytes::new());
+        }
+        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..GetOptions::default() };
+        let result = self.inner.get_opts(&location, options).await.map_err(|e| self.fail(key, "get", &e))?;
+        result.bytes().await.map_err(|e| self.fail(key, "get", &e))
+    }
+
+    /// Reads `range` (the whole object when `None`) into `buf`, reusing its memory: the hot read path.
+    /// Returns the buffer with the bytes at `buf.as_slice()[offset..]`, and `offset`.
+    pub async fn read_into(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        mut buf: AlignedBuf,
+    ) -> Result<(AlignedBuf, usize), StorageError> {
+        let location = self.location(key)?;
+        if let Some(local) = &self.local {
+            let local = Arc::clone(local);
+            let shown = self.shown(key);
+            return tokio::task::spawn_blocking(move || {
+                local
+                    .read_into(&location, range, &mut buf)
+                    .map(|(_, skip)| (buf, skip))
+                    .map_err(|e| StorageError::from_io(&shown, "read", &e))
+            })
+            .await
+            .map_err(|e| StorageError::Backend {
+                uri: self.shown(key),
+                operation: "read",
+                message: e.to_string(),
+            })?;
+        }
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+        let result = self.inner.get_opts(&location, options).await.map_err(|e| self.fail(key, "get", &e))?;
+        let expected = (result.range.end - result.range.start) as usize;
+        buf.reserve_exact_discarding(expected);
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.fail(key, "get", &e))? {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok((buf, 0))
+    }
+
+    /// Size and modification time of the object.
+    pub async fn head(&self, key: &str) -> Result<ObjectInfo, StorageError> {
+        let location = self.location(key)?;
+        let meta = self.inner.head(&location).await.map_err(|e| self.fail(key, "head", &e))?;
+        Ok(ObjectInfo {
+            key: key.trim_start_matches('/').to_string(),
+            size: meta.size,
+            last_modified: meta.last_modified,
+        })
+    }
+
+    /// Whether the object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the object in one request, or as a multipart upload when larger than the part size.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        if data.len() <= self.settings.part_size {
+            let location = self.location(key)?;
+            self.inner.put(&location, PutPayload::from_bytes(data)).await.map_err(|e| self.fail(key, "put", &e))?;
+            return Ok(());
+        }
+        let mut writer = self.writer(key).await?;
+        writer.write(data).await?;
+        writer.finish().await
+    }
+
+    /// A streaming writer: parts of `part_size` bytes, at most `max_in_flight` uploading at once.
+    pub async fn writer(&self, key: &str) -> Result<Writer, StorageError> {
+        let location = self.location(key)?;
+        let upload = self.inner.put_multipart(&location).await.map_err(|e| self.fail(key, "starting an upload", &e))?;
+        Ok(Writer {
+            upload: Some(WriteMultipart::new_with_chunk_size(upload, self.settings.part_size)),
+            max_in_flight: self.settings.max_in_flight,
+            store: self.clone(),
+            key: key.to_string(),
+            written: 0,
+        })
+    }
+
+    /// Objects below `prefix` (relative to the store's location), sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let base = self.location(prefix)?;
+        let store_prefix = self.prefix.as_ref().len();
+        let mut items: Vec<ObjectInfo> = self
+            .inner
+            .list(if base.as_ref().is_empty() { None } else { Some(&base) })
+            .map_ok(|meta| {
+                let full = meta.location.as_ref();
+                let key = if store_prefix == 0 { full } else { full.get(store_prefix + 1..).unwrap_or("") };
+                ObjectInfo { key: key.to_string(), size: meta.size, last_modified: meta.last_modified }
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.fail(prefix, "list", &e))?;
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(items)
+    }
+
+    /// Deletes the object; deleting a missing object is not an error (as on S3).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let location = self.location(key)?;
+        match self.inner.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail(key, "delete", &e)),
+        }
+    }
+}
+
+/// A streaming upload; [`Writer::finish`] makes the object visible, [`Writer::abort`] (or an error) discards it.
+pub struct Writer {
+    upload: Option<WriteMultipart>,
+    max_in_flight: usize,
+    store: Store,
+    key: String,
+    written: u64,
+}
+
+impl Writer {
+    /// Appends `data`, waiting while `max_in_flight` parts are uploading; on error the upload is aborted.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let Some(upload) = self.upload.as_mut() else { return Err(self.closed()) };
+        if let Err(e) = upload.wait_for_capacity(self.max_in_flight).await {
+            return Err(self.fail_and_abort("upload", &e).await);
+        }
+        self.written += data.len() as u64;
+        self.upload.as_mut().expect("checked above").put(data);
+        Ok(())
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Uploads what is left and completes the object.
+    pub async fn finish(mut self) -> Result<(), StorageError> {
+        let upload = self.upload.take().ok_or_else(|| self.closed())?;
+        upload.finish().await.map(drop).map_err(|e| self.store.fail(&self.key, "completing an upload", &e))
+    }
+
+    /// Discards the upload.
+    pub async fn abort(mut self) -> Result<(), StorageError> {
+        match self.upload.take() {
+            Some(upload) => upload.abort().await.map_err(|e| self.store.fail(&self.key, "aborting an upload", &e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn fail_and_abort(&mut self, operation: &'static str, e: &object_store::Error) -> StorageError {
+        let error = self.store.fail(&self.key, operation, e);
+        if let Some(upload) = self.upload.take() {
+            let _ = upload.abort().await;
+        }
+        error
+    }
+
+    fn closed(&self) -> StorageError {
+        StorageError::Backend {
+            uri: self.store.shown(&self.key),
+            operation: "write",
+            message: "the writer was closed after an error".into(),
+        }
+    }
+}

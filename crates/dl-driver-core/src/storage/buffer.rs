@@ -1,0 +1,132 @@
+//! Page-aligned, reusable byte buffers: the kernel copies 2-6x faster into page-aligned memory, O_DIRECT requires
+//! alignment, and reusing a buffer avoids first-touch page faults (~0.8 GiB/s) on every read.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+
+/// Alignment of every buffer: one page, which also satisfies O_DIRECT on the filesystems we meet.
+pub const ALIGN: usize = 4096;
+
+/// A heap buffer whose start is page-aligned; holds `len` valid bytes of a larger, aligned capacity.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only give read access to initialized bytes.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// An empty buffer with room for at least `capacity` bytes (rounded up to whole pages).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = round_up(capacity.max(1), ALIGN);
+        let layout = Layout::from_size_align(capacity, ALIGN).expect("capacity fits a Layout");
+        // SAFETY: the layout has a non-zero size. Zeroed memory means every byte is initialized, so
+        // `spare_mut` may hand out the whole capacity as `&mut [u8]`.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        Self { ptr, capacity, len: 0 }
+    }
+
+    /// Makes room for at least `capacity` bytes, keeping nothing (the buffer is emptied when it grows).
+    pub fn reserve_exact_discarding(&mut self, capacity: usize) {
+        if capacity > self.capacity {
+            *self = Self::with_capacity(capacity);
+        }
+        self.len = 0;
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Marks the first `len` bytes as valid.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity, "length {len} exceeds capacity {}", self.capacity);
+        self.len = len;
+    }
+
+    /// The whole capacity, for filling; call [`Self::set_len`] afterwards.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for `capacity` initialized bytes (zeroed at allocation) and uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+
+    /// The valid bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `len <= capacity` bytes are initialized.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Appends `data`, growing (and copying) when needed.
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        let needed = self.len + data.len();
+        if needed > self.capacity {
+            let mut grown = Self::with_capacity(needed.max(self.capacity * 2));
+            grown.spare_mut()[..self.len].copy_from_slice(self.as_slice());
+            grown.len = self.len;
+            *self = grown;
+        }
+        let start = self.len;
+        self.spare_mut()[start..needed].copy_from_slice(data);
+        self.len = needed;
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.capacity, ALIGN).expect("layout was valid at allocation");
+        // SAFETY: ptr was allocated with exactly this layout and is freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf {{ len: {}, capacity: {} }}", self.len, self.capacity)
+    }
+}
+
+/// `value` rounded up to a multiple of `to`.
+pub fn round_up(value: usize, to: usize) -> usize {
+    value.div_ceil(to) * to
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_page_aligned_and_grow() {
+        let mut b = AlignedBuf::with_capacity(10);
+        assert_eq!(b.capacity(), ALIGN);
+        assert_eq!(b.spare_mut().as_ptr() as usize % ALIGN, 0);
+        b.extend_from_slice(&[7u8; 5000]);
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 7));
+        b.reserve_exact_discarding(100);
+        assert!(b.is_empty() && b.capacity() >= 5000);
+        let bytes = bytes::Bytes::from_owner(AlignedBuf::with_capacity(1));
+        assert!(bytes.is_empty());
+    }
+}

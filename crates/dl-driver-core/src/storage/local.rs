@@ -1,0 +1,568 @@
+//! Local files as an `ObjectStore`, through the page cache (`file://`) or with O_DIRECT (`direct://`).
+//!
+//! Reads land in page-aligned buffers. Writes go to a hidden temporary file beside the target that is renamed into
+//! place only when complete, so a partly written object never looks complete. With O_DIRECT every transfer is aligned
+//! to [`ALIGN`]: reads are widened to aligned bounds, and a tail that is not a multiple of the block size is written
+//! padded and then truncated to the real size.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    Attributes, CopyMode, CopyOptions, Extensions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    UploadPart,
+};
+
+use super::buffer::{round_up, AlignedBuf, ALIGN};
+
+/// Chunk in which payloads are staged into aligned memory for writing.
+const WRITE_CHUNK: usize = 8 * 1024 * 1024;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A directory of local files served as an object store.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+    direct: bool,
+}
+
+impl std::fmt::Display for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.direct { "direct" } else { "file" };
+        write!(f, "LocalStore({scheme}://{})", self.root.display())
+    }
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (created if missing); `direct` selects O_DIRECT for data transfers.
+    pub fn new(root: PathBuf, direct: bool) -> io::Result<Self> {
+        fs::create_dir_all(&root)?;
+        let store = Self { root, direct };
+        if direct {
+            store.probe_direct()?;
+        }
+        Ok(store)
+    }
+
+    /// Fails early, with the OS's reason, when the filesystem refuses O_DIRECT.
+    fn probe_direct(&self) -> io::Result<()> {
+        let probe = self.root.join(format!(".dl-driver-odirect-probe-{}", std::process::id()));
+        let result =
+            OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&probe);
+        let _ = fs::remove_file(&probe);
+        result.map(drop)
+    }
+
+    pub fn root(&self) -> &FsPath {
+        &self.root
+    }
+
+    /// The filesystem path of an object key.
+    pub fn path_of(&self, location: &Path) -> PathBuf {
+        self.root.join(location.as_ref())
+    }
+
+    fn open_read(&self, path: &FsPath) -> io::Result<File> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        if self.direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        options.open(path)
+    }
+
+    /// Reads `range` (whole object when `None`) of `location` into `buf`, reusing its memory; returns the object size.
+    /// The bytes read start at `buf.as_slice()[offset..]` where `offset` is the returned pair's second element
+    /// (non-zero only with O_DIRECT, whose reads start at an aligned offset).
+    pub fn read_into(
+        &self,
+        location: &Path,
+        range: Option<Range<u64>>,
+        buf: &mut AlignedBuf,
+    ) -> io::Result<(u64, usize)> {
+        let path = self.path_of(location);
+        let file = self.open_read(&path)?;
+        let size = file.metadata()?.len();
+        let range = range.unwrap_or(0..size);
+        if range.start > range.end || range.end > size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {}..{} is outside the object of {size} bytes", range.start, range.end),
+            ));
+        }
+        let (start, skip) = if self.direct {
+            let aligned = range.start - range.start % ALIGN as u64;
+            (aligned, (range.start - aligned) as usize)
+        } else {
+            (range.start, 0)
+        };
+        let wanted = skip + (range.end - range.start) as usize;
+        let transfer = if self.direct { round_up(wanted, ALIGN) } else { wanted };
+        buf.reserve_exact_discarding(transfer);
+        let mut done = 0;
+        while done < wanted {
+            let n = file.read_at(&mut buf.spare_mut()[done..transfer], start + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        if done < wanted {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while being read", path.display()),
+            ));
+        }
+        buf.set_len(wanted);
+        Ok((size, skip))
+    }
+
+    /// Writes `chunks` to `location` through a temporary file renamed into place.
+    fn write_object(&self, location: &Path, chunks: &[Bytes], mode: &PutMode) -> io::Result<u64> {
+        let target = self.path_of(location);
+        if matches!(mode, PutMode::Create) && target.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} already exists", target.display())));
+        }
+        let mut writer = TempWriter::create(&target, self.direct)?;
+        writer.write_at(0, chunks.iter().map(AsRef::as_ref))?;
+        writer.commit()
+    }
+
+    fn meta(location: &Path, metadata: &fs::Metadata) -> ObjectMeta {
+        let modified = metadata.modified().map_or_else(|_| Utc::now(), DateTime::<Utc>::from);
+        ObjectMeta {
+            location: location.clone(),
+            last_modified: modified,
+            size: metadata.len(),
+            e_tag: Some(format!(
+                "{:x}-{:x}-{:x}",
+                metadata.ino(),
+                metadata.mtime_nsec() ^ metadata.mtime(),
+                metadata.len()
+            )),
+            version: None,
+        }
+    }
+
+    /// Every object below `prefix`, in no particular order.
+    fn walk(&self, prefix: Option<&Path>) -> io::Result<Vec<ObjectMeta>> {
+        let start = prefix.map_or_else(|| self.root.clone(), |p| self.path_of(p));
+        let mut out = Vec::new();
+        let mut pending = vec![start];
+        while let Some(dir) = pending.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                if is_hidden_temp(&name.to_string_lossy()) {
+                    continue;
+                }
+                let metadata = entry.metadata()?;
+                if metadata.is_dir() {
+                    pending.push(entry.path());
+                } else if metadata.is_file() {
+                    if let Some(location) = self.location_of(&entry.path()) {
+                        out.push(Self::meta(&location, &metadata));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn location_of(&self, path: &FsPath) -> Option<Path> {
+        let relative = path.strip_prefix(&self.root).ok()?;
+        Path::parse(relative.to_str()?).ok()
+    }
+}
+
+/// Our temporary files and probes are hidden from listings.
+fn is_hidden_temp(name: &str) -> bool {
+    name.starts_with(".dl-driver-")
+}
+
+/// A temporary file beside its target, written at offsets, renamed into place by [`TempWriter::commit`].
+struct TempWriter {
+    file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    direct: bool,
+    /// Bytes of real data written so far (the end of the furthest write).
+    len: u64,
+    staging: Option<AlignedBuf>,
+}
+
+impl TempWriter {
+    fn create(target: &FsPath, direct: bool) -> io::Result<Self> {
+        let dir =
+            target.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an object needs a name"))?;
+        fs::create_dir_all(dir)?;
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = dir.join(format!(
+            ".dl-driver-{name}.{}.{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        if direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let file = options.open(&temp)?;
+        Ok(Self { file, temp, target: target.to_path_buf(), direct, len: 0, staging: None })
+    }
+
+    /// Writes `chunks` back to back from `offset`; with O_DIRECT, `offset` must be aligned and only the last write
+    /// of the object may end unaligned.
+    fn write_at<'a>(&mut self, offset: u64, chunks: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
+        let mut at = offset;
+        if self.direct {
+            let staging = self.staging.get_or_insert_with(|| AlignedBuf::with_capacity(WRITE_CHUNK));
+            at = direct_write_at(&self.file, offset, chunks, staging)?;
+        } else {
+            for chunk in chunks {
+                self.file.write_all_at(chunk, at)?;
+                at += chunk.len() as u64;
+            }
+        }
+        self.len = self.len.max(at);
+        Ok(())
+    }
+
+    fn commit(self) -> io::Result<u64> {
+        if self.direct {
+            // O_DIRECT wrote whole blocks; cut the padding of the last one.
+            self.file.set_len(self.len)?;
+        }
+        fs::rename(&self.temp, &self.target)?;
+        Ok(self.len)
+    }
+}
+
+impl Drop for TempWriter {
+    fn drop(&mut self) {
+        // After a successful commit the temporary name no longer exists; otherwise this discards a partial write.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+/// O_DIRECT write of `chunks` from an aligned `offset`, staged through aligned memory; the tail is padded with zeros.
+/// Returns the offset after the last real byte.
+fn direct_write_at<'a>(
+    file: &File,
+    offset: u64,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    staging: &mut AlignedBuf,
+) -> io::Result<u64> {
+    if offset % ALIGN as u64 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("O_DIRECT writes must start at a multiple of {ALIGN} bytes, got offset {offset}"),
+        ));
+    }
+    let capacity = staging.capacity();
+    let mut filled = 0;
+    let mut at = offset;
+    for mut chunk in chunks {
+        while !chunk.is_empty() {
+            let n = chunk.len().min(capacity - filled);
+            staging.spare_mut()[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            chunk = &chunk[n..];
+            if filled == capacity {
+                file.write_all_at(&staging.spare_mut()[..capacity], at)?;
+                at += capacity as u64;
+                filled = 0;
+            }
+        }
+    }
+    if filled > 0 {
+        let padded = round_up(filled, ALIGN);
+        let spare = staging.spare_mut();
+        spare[filled..padded].fill(0);
+        file.write_all_at(&spare[..padded], at)?;
+        at += filled as u64;
+    }
+    Ok(at)
+}
+
+fn io_to_store(error: io::Error, location: &Path) -> object_store::Error {
+    match error.kind() {
+        io::ErrorKind::NotFound => {
+            object_store::Error::NotFound { path: location.to_string(), source: Box::new(error) }
+        }
+        io::ErrorKind::AlreadyExists => {
+            object_store::Error::AlreadyExists { path: location.to_string(), source: Box::new(error) }
+        }
+        _ => object_store::Error::Generic { store: "local", source: Box::new(error) },
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    location: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> object_store::Result<T> {
+    let result = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
+    result.map_err(|e| io_to_store(e, location))
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if matches!(opts.mode, PutMode::Update(_)) {
+            return Err(object_store::Error::NotImplemented {
+                operation: "conditional update".into(),
+                implementer: "local files".into(),
+            });
+        }
+        let this = self.clone_handle();
+        let loc = location.clone();
+        let chunks: Vec<Bytes> = payload.into_iter().collect();
+        let mode = opts.mode;
+        blocking(location, move || this.write_object(&loc, &chunks, &mode)).await?;
+        Ok(PutResult { e_tag: None, version: None, extensions: Extensions::default() })
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let target = self.path_of(location);
+        let direct = self.direct;
+        let writer = blocking(location, move || TempWriter::create(&target, direct)).await?;
+        Ok(Box::new(LocalUpload {
+            location: location.clone(),
+            state: Arc::new(std::sync::Mutex::new(Some(writer))),
+            next_offset: 0,
+            unaligned_part_seen: false,
+        }))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        let this = self.clone_handle();
+        let loc = location.clone();
+        let path = self.path_of(location);
+        let metadata = blocking(location, move || fs::metadata(&path)).await?;
+        if !metadata.is_file() {
+            return Err(object_store::Error::NotFound {
+                path: location.to_string(),
+                source: "not a regular file".into(),
+            });
+        }
+        let meta = Self::meta(location, &metadata);
+        let size = meta.size;
+        let range = match options.range {
+            None => 0..size,
+            Some(GetRange::Bounded(r)) => r.start..r.end.min(size),
+            Some(GetRange::Offset(o)) => o..size,
+            Some(GetRange::Suffix(n)) => size.saturating_sub(n)..size,
+        };
+        if range.start > range.end || (range.start >= size && size > 0 && !options.head) {
+            return Err(object_store::Error::Generic {
+                store: "local",
+                source: format!("range {}..{} is outside {location} of {size} bytes", range.start, range.end).into(),
+            });
+        }
+        if options.head {
+            return Ok(GetResult {
+                payload: GetResultPayload::Stream(stream::empty().boxed()),
+                meta,
+                range: 0..0,
+                attributes: Attributes::default(),
+                extensions: Extensions::default(),
+            });
+        }
+        let wanted = range.clone();
+        let bytes = blocking(location, move || {
+            let mut buf = AlignedBuf::with_capacity(0);
+            let (_, skip) = this.read_into(&loc, Some(wanted.clone()), &mut buf)?;
+            Ok(Bytes::from_owner(buf).slice(skip..))
+        })
+        .await?;
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(stream::once(async move { Ok(bytes) }).boxed()),
+            meta,
+            range,
+            attributes: Attributes::default(),
+            extensions: Extensions::default(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let root = self.root.clone();
+        locations
+            .then(move |location| {
+                let root = root.clone();
+                async move {
+                    let location = location?;
+                    let path = root.join(location.as_ref());
+                    let loc = location.clone();
+                    blocking(&loc, move || fs::remove_file(&path)).await?;
+                    Ok(location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let this = self.clone_handle();
+        let prefix = prefix.cloned();
+        stream::once(async move {
+            let loc = prefix.clone().unwrap_or_default();
+            blocking(&loc, move || this.walk(prefix.as_ref())).await
+        })
+        .map(|result| match result {
+            Ok(items) => stream::iter(items.into_iter().map(Ok)).boxed(),
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let this = self.clone_handle();
+        let prefix = prefix.cloned();
+        let loc = prefix.clone().unwrap_or_default();
+        blocking(&loc, move || {
+            let dir = prefix.as_ref().map_or_else(|| this.root.clone(), |p| this.path_of(p));
+            let mut result =
+                ListResult { common_prefixes: Vec::new(), objects: Vec::new(), extensions: Extensions::default() };
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(result),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                if is_hidden_temp(&entry.file_name().to_string_lossy()) {
+                    continue;
+                }
+                let Some(location) = this.location_of(&entry.path()) else { continue };
+                let metadata = entry.metadata()?;
+                if metadata.is_dir() {
+                    result.common_prefixes.push(location);
+                } else if metadata.is_file() {
+                    result.objects.push(Self::meta(&location, &metadata));
+                }
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        let (source, target) = (self.path_of(from), self.path_of(to));
+        let create_only = matches!(options.mode, CopyMode::Create);
+        blocking(from, move || {
+            if create_only && target.exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", target.display()),
+                ));
+            }
+            if let Some(dir) = target.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            fs::copy(&source, &target).map(drop)
+        })
+        .await
+    }
+}
+
+impl LocalStore {
+    fn clone_handle(&self) -> Arc<Self> {
+        Arc::new(Self { root: self.root.clone(), direct: self.direct })
+    }
+}
+
+/// A multipart upload into a temporary file; parts are written at their offsets as they arrive.
+#[derive(Debug)]
+struct LocalUpload {
+    location: Path,
+    state: Arc<std::sync::Mutex<Option<TempWriter>>>,
+    next_offset: u64,
+    unaligned_part_seen: bool,
+}
+
+impl std::fmt::Debug for TempWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TempWriter({})", self.temp.display())
+    }
+}
+
+#[async_trait]
+impl MultipartUpload for LocalUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let offset = self.next_offset;
+        let len = data.content_length() as u64;
+        self.next_offset += len;
+        let misaligned = self.unaligned_part_seen;
+        self.unaligned_part_seen |= len % ALIGN as u64 != 0;
+        let state = Arc::clone(&self.state);
+        let location = self.location.clone();
+        Box::pin(async move {
+            blocking(&location, move || {
+                let mut guard = state.lock().map_err(|_| io::Error::other("a previous part panicked"))?;
+                let writer = guard.as_mut().ok_or_else(|| io::Error::other("the upload was completed or aborted"))?;
+                if writer.direct && misaligned {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("with O_DIRECT only the last part may be shorter than a multiple of {ALIGN} bytes"),
+                    ));
+                }
+                writer.write_at(offset, data.iter().map(AsRef::as_ref))
+            })
+            .await
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let state = Arc::clone(&self.state);
+        blocking(&self.location, move || {
+            let writer = state
+                .lock()
+                .map_err(|_| io::Error::other("a part panicked"))?
+                .take()
+                .ok_or_else(|| io::Error::other("the upload was already completed or aborted"))?;
+            writer.commit()
+        })
+        .await?;
+        Ok(PutResult { e_tag: None, version: None, extensions: Extensions::default() })
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        let state = Arc::clone(&self.state);
+        blocking(&self.location, move || {
+            drop(state.lock().map_err(|_| io::Error::other("a part panicked"))?.take());
+            Ok(())
+        })
+        .await
+    }
+}
