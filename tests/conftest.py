@@ -26,3 +26,28 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_VARIABLES = ("DL_DRIVER_TEST_MOTO_ENDPOINT", "DL_DRIVER_TEST_SEAWEED_ENDPOINT", "DL_DRIVER_TEST_AZURITE_ENDPOINT")
+
+
+@pytest.fixture(scope="session")
+def servers() -> dict[str, str]:
+    """The test servers' endpoints: from the environment (scripts/test.sh starts them), else started here."""
+    started = False
+    if not all(os.environ.get(v) for v in SERVER_VARIABLES):
+        subprocess.run([str(REPO / "scripts" / "servers.sh"), "start"], check=True, timeout=600)
+        started = True
+        env = subprocess.run([str(REPO / "scripts" / "servers.sh"), "env"], check=True, capture_output=True, text=True)
+        for line in env.stdout.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            if name:
+                os.environ[name] = value.strip("'\"")
+    yield {
+        "moto": os.environ["DL_DRIVER_TEST_MOTO_ENDPOINT"],
+        "seaweedfs": os.environ["DL_DRIVER_TEST_SEAWEED_ENDPOINT"],
+        "azurite": os.environ["DL_DRIVER_TEST_AZURITE_ENDPOINT"],
+    }
+    if started:
+        subprocess.run([str(REPO / "scripts" / "servers.sh"), "stop"], check=True, timeout=120)

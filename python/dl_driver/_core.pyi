@@ -10,6 +10,44 @@ class DlDriverError(Exception):
 class ConfigError(DlDriverError):
     """A workload config is malformed or inconsistent; the message names the source, key path, value and expectation."""
 
+class StorageError(DlDriverError):
+    """A storage operation failed; the message names the URI and never a credential."""
+
+class Buffer:
+    """Bytes read from storage, shared without a copy through the buffer protocol (memoryview, numpy, bytes())."""
+
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+    def __eq__(self, other: object) -> bool: ...
+
+class ObjectInfo:
+    """An object as listed: its key relative to the store's location, size in bytes, POSIX modification time."""
+
+    key: str
+    size: int
+    last_modified: float
+
+class Store:
+    """An open storage location; every call releases the GIL and can be interrupted with Ctrl-C."""
+
+    def __init__(self, uri: str, options: dict[str, str] | None = None) -> None: ...
+    @property
+    def uri(self) -> str: ...
+    def get(self, key: str) -> Buffer:
+        """The whole object; FileNotFoundError when missing."""
+    def get_range(self, key: str, start: int, end: int) -> Buffer:
+        """Bytes ``start..end`` of the object."""
+    def put(self, key: str, data: bytes | bytearray) -> None:
+        """Writes the object (multipart above the part size); visible only once complete."""
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Objects below ``prefix``, sorted by key."""
+    def head(self, key: str) -> ObjectInfo:
+        """Size and modification time; FileNotFoundError when missing."""
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None:
+        """Deletes the object; a missing object is not an error."""
+
 class LoadResult:
     """What ``load_config`` returns."""
 

@@ -3,6 +3,9 @@
 // pyo3 hands functions owned arguments extracted from Python objects.
 #![allow(clippy::needless_pass_by_value)]
 
+mod runtime;
+mod storage;
+
 use dl_driver_core::config::{self, ConfigError as CoreConfigError, LoadOptions, Override, Source};
 use dl_driver_core::plan;
 use pyo3::exceptions::PyException;
@@ -10,6 +13,7 @@ use pyo3::prelude::*;
 
 pyo3::create_exception!(_core, DlDriverError, PyException, "Base class of every dl-driver error.");
 pyo3::create_exception!(_core, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
+pyo3::create_exception!(_core, StorageError, DlDriverError, "A storage operation failed (the message names the URI).");
 
 fn config_error(e: &CoreConfigError) -> PyErr {
     ConfigError::new_err(e.to_string())
@@ -126,6 +130,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DlDriverError", py.get_type::<DlDriverError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("StorageError", py.get_type::<StorageError>())?;
+    m.add_class::<storage::Store>()?;
+    m.add_class::<storage::ObjectInfo>()?;
+    m.add_class::<storage::Buffer>()?;
     m.add("FREE_FORM_KEYS", config::FREE_FORM_KEYS.to_vec())?;
     m.add_class::<LoadResult>()?;
     m.add_function(wrap_pyfunction!(is_secret_key, m)?)?;

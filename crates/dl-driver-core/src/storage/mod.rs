@@ -169,7 +169,8 @@ fn key_path(uri: &str, key: &str) -> Result<Path, StorageError> {
             problem: format!("{uri}: key '{key}' has an empty, '.' or '..' segment"),
         });
     }
-    Ok(Path::from(key))
+    // `parse` keeps the key as written (UTF-8, spaces); `Path::from` would percent-encode it.
+    Path::parse(key).map_err(|e| StorageError::Location { problem: format!("{uri}: key '{key}': {e}") })
 }
 
 impl Store {

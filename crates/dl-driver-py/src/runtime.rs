@@ -1,0 +1,54 @@
+//! The one tokio runtime of this process, created lazily and rebuilt in a forked child (PyTorch DataLoader workers
+//! fork), plus `run`: drive a future with the GIL released while staying responsive to Ctrl-C.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+
+static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+
+/// How often a blocking call wakes up to let Python handle signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+fn runtime() -> PyResult<Arc<Runtime>> {
+    let mut guard = RUNTIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pid = std::process::id();
+    match guard.take() {
+        Some((owner, rt)) if owner == pid => {
+            *guard = Some((owner, Arc::clone(&rt)));
+            return Ok(rt);
+        }
+        // A forked child inherits the parent's runtime without its threads: never touch or drop it.
+        Some(inherited) => std::mem::forget(inherited),
+        None => {}
+    }
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("dl-driver")
+            .build()
+            .map_err(|e| crate::DlDriverError::new_err(format!("cannot start the I/O runtime: {e}")))?,
+    );
+    *guard = Some((pid, Arc::clone(&rt)));
+    Ok(rt)
+}
+
+/// Runs `future` to completion on the runtime without holding the GIL, checking for Ctrl-C between slices.
+pub fn run<T, F>(py: Python<'_>, future: F) -> PyResult<T>
+where
+    F: Future<Output = T> + Send,
+    T: Send,
+{
+    let rt = runtime()?;
+    let mut future = std::pin::pin!(future);
+    loop {
+        let step = py.detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, future.as_mut()).await }));
+        match step {
+            Ok(value) => return Ok(value),
+            Err(_) => py.check_signals()?,
+        }
+    }
+}

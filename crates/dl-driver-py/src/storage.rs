@@ -1,0 +1,162 @@
+//! `dl_driver._core.Store` and `Buffer`: the storage layer for Python (inspect what dl-driver wrote, or move data).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use dl_driver_core::storage::{self, ObjectInfo as CoreObjectInfo, StorageError as CoreStorageError, StorageOptions};
+use pyo3::exceptions::PyFileNotFoundError;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+
+use crate::runtime::run;
+use crate::StorageError;
+
+fn storage_error(e: CoreStorageError) -> PyErr {
+    if e.is_not_found() {
+        PyFileNotFoundError::new_err(e.to_string())
+    } else {
+        StorageError::new_err(e.to_string())
+    }
+}
+
+/// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path).
+#[pyclass(frozen, module = "dl_driver._core")]
+pub struct Store {
+    inner: storage::Store,
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    #[pyo3(signature = (uri, options = None))]
+    fn new(uri: &str, options: Option<HashMap<String, String>>) -> PyResult<Self> {
+        let mut opts = StorageOptions::new();
+        for (k, v) in options.unwrap_or_default() {
+            opts.insert(k, v);
+        }
+        storage::open(uri, &opts).map(|inner| Self { inner }).map_err(storage_error)
+    }
+
+    /// The location, as a URI.
+    #[getter]
+    fn uri(&self) -> String {
+        self.inner.uri().to_string()
+    }
+
+    /// The whole object.
+    fn get(&self, py: Python<'_>, key: &str) -> PyResult<Buffer> {
+        let data = run(py, self.inner.get(key))?.map_err(storage_error)?;
+        Ok(Buffer { data })
+    }
+
+    /// Bytes `start..end` of the object.
+    fn get_range(&self, py: Python<'_>, key: &str, start: u64, end: u64) -> PyResult<Buffer> {
+        if end < start {
+            return Err(StorageError::new_err(format!(
+                "get_range of {}: end {end} is before start {start}",
+                self.inner.uri().join(key)
+            )));
+        }
+        let data = run(py, self.inner.get_range(key, start..end))?.map_err(storage_error)?;
+        Ok(Buffer { data })
+    }
+
+    /// Writes the object (multipart when larger than the part size); it is visible only once complete.
+    fn put(&self, py: Python<'_>, key: &str, data: PyBackedBytes) -> PyResult<()> {
+        run(py, self.inner.put(key, Bytes::from_owner(data)))?.map_err(storage_error)
+    }
+
+    /// Objects below `prefix`, sorted by key.
+    #[pyo3(signature = (prefix = ""))]
+    fn list(&self, py: Python<'_>, prefix: &str) -> PyResult<Vec<ObjectInfo>> {
+        let items = run(py, self.inner.list(prefix))?.map_err(storage_error)?;
+        Ok(items.into_iter().map(ObjectInfo::from).collect())
+    }
+
+    /// Size and modification time; FileNotFoundError when missing.
+    fn head(&self, py: Python<'_>, key: &str) -> PyResult<ObjectInfo> {
+        run(py, self.inner.head(key))?.map(ObjectInfo::from).map_err(storage_error)
+    }
+
+    fn exists(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        run(py, self.inner.exists(key))?.map_err(storage_error)
+    }
+
+    /// Deletes the object (a missing object is not an error).
+    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+        run(py, self.inner.delete(key))?.map_err(storage_error)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<dl_driver.storage.Store {}>", self.inner.uri())
+    }
+}
+
+/// An object as listed.
+#[pyclass(frozen, get_all, module = "dl_driver._core")]
+pub struct ObjectInfo {
+    key: String,
+    size: u64,
+    /// POSIX timestamp in seconds.
+    last_modified: f64,
+}
+
+impl From<CoreObjectInfo> for ObjectInfo {
+    fn from(o: CoreObjectInfo) -> Self {
+        Self { key: o.key, size: o.size, last_modified: o.last_modified.timestamp_micros() as f64 / 1e6 }
+    }
+}
+
+#[pymethods]
+impl ObjectInfo {
+    fn __repr__(&self) -> String {
+        format!("ObjectInfo(key={:?}, size={})", self.key, self.size)
+    }
+}
+
+/// Bytes read from storage, shared with Python without a copy (buffer protocol: `memoryview`, `bytes()`, numpy).
+#[pyclass(frozen, module = "dl_driver._core")]
+pub struct Buffer {
+    data: Bytes,
+}
+
+#[pymethods]
+impl Buffer {
+    // SAFETY: PyBuffer_FillInfo describes `data`, which lives as long as `slf`; the view holds a reference to
+    // `slf` (FillInfo increments it) and the buffer is read-only, and frozen means `data` never changes.
+    #[allow(unsafe_code)]
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let data = &slf.get().data;
+        let len = pyo3::ffi::Py_ssize_t::try_from(data.len()).map_err(|_| StorageError::new_err("buffer too large"))?;
+        let status =
+            unsafe { pyo3::ffi::PyBuffer_FillInfo(view, slf.as_ptr(), data.as_ptr().cast_mut().cast(), len, 1, flags) };
+        if status == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    /// A copy as `bytes`.
+    fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.data)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        if let Ok(buffer) = other.cast::<Buffer>() {
+            return buffer.get().data == self.data;
+        }
+        other.extract::<PyBackedBytes>().is_ok_and(|b| *b == *self.data)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<dl_driver.Buffer of {} bytes>", self.data.len())
+    }
+}

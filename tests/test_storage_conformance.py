@@ -1,0 +1,230 @@
+"""One conformance suite, run against every backend: memory, file, direct (O_DIRECT), S3 on moto and on SeaweedFS,
+Azure Blob on Azurite. The servers are real processes on 127.0.0.1 (scripts/servers.sh)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import dl_driver
+from dl_driver import StorageError
+from dl_driver.storage import Store
+
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+MIB = 1024 * 1024
+
+
+@dataclass
+class Backend:
+    name: str
+    uri: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def open(self, **extra: str | int) -> Store:
+        return dl_driver.storage.open(self.uri, **{**self.options, **extra})
+
+
+def s3_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    try:
+        client.create_bucket(Bucket=name)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+
+
+def azure_container(endpoint: str, name: str) -> None:
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient(account_url=endpoint, credential={"account_name": "devstoreaccount1", "account_key": AZURITE_KEY})
+    try:
+        service.create_container(name)
+    except ResourceExistsError:
+        pass
+
+
+BACKENDS = ["memory", "file", "direct", "s3-moto", "s3-seaweedfs", "az-azurite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    run = uuid.uuid4().hex[:12]
+    name = request.param
+    if name in ("file", "direct"):
+        yield Backend(name, f"{name}://{tmp_path_factory.mktemp(name)}")
+        return
+    if name == "memory":
+        yield Backend(name, f"memory://{run}")
+        return
+    servers = request.getfixturevalue("servers")
+    if name.startswith("s3-"):
+        endpoint = servers[name.removeprefix("s3-")]
+        s3_bucket(endpoint, "dl-driver-tests")
+        yield Backend(
+            name,
+            f"s3://dl-driver-tests/{run}",
+            {"endpoint_url": endpoint, "access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"},
+        )
+        return
+    endpoint = servers["azurite"]
+    azure_container(endpoint, "dl-driver-tests")
+    yield Backend(
+        name,
+        f"az://dl-driver-tests/{run}",
+        {"account_name": "devstoreaccount1", "account_key": AZURITE_KEY, "endpoint": endpoint},
+    )
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that differ between seeds and between 64 KiB blocks."""
+    block = bytes((i * 131 + seed) & 0xFF for i in range(65536))
+    blocks = (block[k % 251 :] + block[: k % 251] for k in range(size // 65536 + 1))
+    return b"".join(blocks)[:size]
+
+
+def test_put_get_range_head_list_delete(backend: Backend) -> None:
+    store = backend.open()
+    data = payload(100_000, 1)
+    store.put("dir/obj.bin", data)
+    assert store.get("dir/obj.bin") == data
+    assert bytes(store.get_range("dir/obj.bin", 10, 5000)) == data[10:5000]
+    assert bytes(store.get_range("dir/obj.bin", 99_990, 100_000)) == data[99_990:]
+    assert store.head("dir/obj.bin").size == 100_000
+    assert store.exists("dir/obj.bin")
+    store.put("dir/sub/z", b"z")
+    store.put("a", b"a")
+    assert [(o.key, o.size) for o in store.list()] == [("a", 1), ("dir/obj.bin", 100_000), ("dir/sub/z", 1)]
+    assert [o.key for o in store.list("dir/sub")] == ["dir/sub/z"]
+    store.delete("dir/obj.bin")
+    assert not store.exists("dir/obj.bin")
+    store.delete("dir/obj.bin")  # idempotent, as on S3
+    assert [o.key for o in store.list()] == ["a", "dir/sub/z"]
+
+
+def test_64_mib_object_in_8_mib_parts_round_trips(backend: Backend) -> None:
+    store = backend.open(part_size=8 * MIB, max_in_flight=4)
+    data = payload(64 * MIB + 12_345, 7)
+    store.put("big/object", data)
+    got = store.get("big/object")
+    assert len(got) == len(data)
+    assert memoryview(got) == memoryview(data)
+    assert store.head("big/object").size == len(data)
+    assert bytes(store.get_range("big/object", 8 * MIB - 5, 8 * MIB + 5)) == data[8 * MIB - 5 : 8 * MIB + 5]
+
+
+def test_empty_objects(backend: Backend) -> None:
+    store = backend.open()
+    store.put("empty", b"")
+    assert len(store.get("empty")) == 0
+    assert store.head("empty").size == 0
+    assert [o.size for o in store.list()] == [0]
+
+
+def test_overwrite_replaces_the_object(backend: Backend) -> None:
+    store = backend.open()
+    store.put("k", payload(5000, 1))
+    store.put("k", b"short")
+    assert store.get("k") == b"short"
+    assert [o.size for o in store.list()] == [5]
+
+
+def test_keys_with_spaces_and_non_ascii(backend: Backend) -> None:
+    store = backend.open()
+    keys = ["with space/file name.npz", "ünïcødé/数据/ß.bin", "dash-and_underscore.x"]
+    for i, key in enumerate(keys):
+        store.put(key, f"value {i}".encode())
+    for i, key in enumerate(keys):
+        assert store.get(key) == f"value {i}".encode()
+    assert [o.key for o in store.list()] == sorted(keys)
+
+
+def test_listing_thousands_of_keys(backend: Backend) -> None:
+    store = backend.open()
+    keys = [f"many/img_{i:05d}_of_01500.npz" for i in range(1500)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.put(k, k.encode()), keys))
+    listed = store.list("many")
+    assert [o.key for o in listed] == keys
+    assert all(o.size == len(o.key) for o in listed)
+
+
+def test_not_found_is_file_not_found_error(backend: Backend) -> None:
+    store = backend.open()
+    for call in (lambda: store.get("nope"), lambda: store.head("nope"), lambda: store.get_range("nope", 0, 10)):
+        with pytest.raises(FileNotFoundError, match="nope"):
+            call()
+    assert not store.exists("nope")
+
+
+def test_buffers_share_memory_without_copies(backend: Backend) -> None:
+    store = backend.open()
+    store.put("b", b"0123456789")
+    buf = store.get("b")
+    view = memoryview(buf)
+    assert view.readonly and bytes(view[2:5]) == b"234"
+    assert memoryview(buf).obj is buf
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "azurite"])
+def test_wrong_credentials_name_the_uri_and_hide_the_secret(servers: dict[str, str], server: str) -> None:
+    secret = "WrongSecret-0123456789abcdef"
+    if server == "seaweedfs":
+        s3_bucket(servers[server], "dl-driver-tests")
+        uri = "s3://dl-driver-tests/creds"
+        store = dl_driver.storage.open(
+            uri, endpoint_url=servers[server], access_key_id="testing", secret_access_key=secret, max_retries=0
+        )
+    else:
+        azure_container(servers[server], "dl-driver-tests")
+        uri = "az://dl-driver-tests/creds"
+        bad_key = "V3Jvbmc" + secret.encode().hex()[:40] + "=="
+        secret = bad_key
+        store = dl_driver.storage.open(
+            uri, account_name="devstoreaccount1", account_key=bad_key, endpoint=servers[server], max_retries=0
+        )
+    with pytest.raises(StorageError) as e:
+        store.put("x", b"data")
+    assert uri in str(e.value)
+    assert secret not in str(e.value)
+    assert isinstance(e.value, dl_driver.DlDriverError)
+
+
+@pytest.mark.parametrize("scheme", ["s3", "az"])
+def test_unreachable_endpoint_is_a_storage_error(scheme: str) -> None:
+    secret = "UnreachableSecret-0123456789"
+    if scheme == "s3":
+        options = {"endpoint_url": "http://127.0.0.1:9", "access_key_id": "k", "secret_access_key": secret}
+    else:
+        options = {"account_name": "devstoreaccount1", "account_key": AZURITE_KEY, "endpoint": "http://127.0.0.1:9/devstoreaccount1"}
+        secret = AZURITE_KEY
+    store = dl_driver.storage.open(f"{scheme}://nowhere-bucket/p", max_retries=0, retry_timeout="1s", **options)
+    with pytest.raises(StorageError) as e:
+        store.get("x")
+    assert f"{scheme}://nowhere-bucket/p/x" in str(e.value)
+    assert secret not in str(e.value)
+
+
+def test_bad_locations_and_options() -> None:
+    with pytest.raises(StorageError, match="unsupported URI scheme 'ftp://'"):
+        dl_driver.storage.open("ftp://host/x")
+    with pytest.raises(StorageError, match="part_size"):
+        dl_driver.storage.open("memory://x", part_size=1000)
+    with pytest.raises(StorageError, match="no_such_option"):
+        dl_driver.storage.open("s3://bucket-x/p", no_such_option=1)
+
+
+def test_direct_and_file_see_the_same_objects(tmp_path: Path) -> None:
+    direct = dl_driver.storage.open(f"direct://{tmp_path}")
+    data = payload(3 * MIB + 17, 5)
+    direct.put("x/y.bin", data)
+    assert (tmp_path / "x" / "y.bin").read_bytes() == data
+    assert dl_driver.storage.open(str(tmp_path)).get("x/y.bin") == data
