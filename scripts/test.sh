@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need, then runs every check and test.
-# Works on a fresh machine; caches (cargo target dir, venv, pip) live outside the clone to keep reruns fast.
+# The README's test command: installs what the tests need, starts the storage servers on 127.0.0.1, then runs
+# every check and test. Works on a fresh machine; caches (cargo target dir, venv, pip) live outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
-cache=${DL_DRIVER_CACHE:-/var/cache/dl-driver}
-mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ] || cache="$PWD/.cache"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
-venv=${DL_DRIVER_VENV:-$cache/venv}
-
-step() { printf '\n== %s\n' "$*"; }
-
-step "toolchain"
+step "toolchain and test dependencies"
 if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "hypothesis>=6" "pyyaml>=6"
+ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19"
+
+step "storage servers (moto, SeaweedFS, Azurite)"
+scripts/servers.sh start
+trap 'scripts/servers.sh stop' EXIT
+eval "$(scripts/servers.sh env)"
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -25,10 +22,7 @@ step "cargo test"
 cargo test
 
 step "build and install the wheel"
-wheels=$(mktemp -d)
-trap 'rm -rf "$wheels"' EXIT
-"$venv/bin/maturin" build --release --out "$wheels"
-"$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheels"/dl_driver-*.whl
+install_wheel
 
 step "pytest"
 PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest "$@"

@@ -3,6 +3,7 @@ Azure Blob on Azurite. The servers are real processes on 127.0.0.1 (scripts/serv
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -186,10 +187,9 @@ def test_wrong_credentials_name_the_uri_and_hide_the_secret(servers: dict[str, s
     else:
         azure_container(servers[server], "dl-driver-tests")
         uri = "az://dl-driver-tests/creds"
-        bad_key = "V3Jvbmc" + secret.encode().hex()[:40] + "=="
-        secret = bad_key
+        secret = base64.b64encode(secret.encode() * 2).decode()  # a well-formed key that is not the account's
         store = dl_driver.storage.open(
-            uri, account_name="devstoreaccount1", account_key=bad_key, endpoint=servers[server], max_retries=0
+            uri, account_name="devstoreaccount1", account_key=secret, endpoint=servers[server], max_retries=0
         )
     with pytest.raises(StorageError) as e:
         store.put("x", b"data")
@@ -228,3 +228,16 @@ def test_direct_and_file_see_the_same_objects(tmp_path: Path) -> None:
     direct.put("x/y.bin", data)
     assert (tmp_path / "x" / "y.bin").read_bytes() == data
     assert dl_driver.storage.open(str(tmp_path)).get("x/y.bin") == data
+
+
+def test_read_objects_reads_every_object_once(backend: Backend) -> None:
+    store = backend.open()
+    sizes = [0, 1, 4095, 4096, 70_000, 1_000_003]
+    keys = [f"r/{i}" for i in range(len(sizes))]
+    for key, size in zip(keys, sizes, strict=True):
+        store.put(key, payload(size, len(key)))
+    report = store.read_objects(keys, concurrency=3)
+    assert (report["objects"], report["bytes"]) == (len(keys), sum(sizes))
+    assert report["seconds"] > 0
+    with pytest.raises(FileNotFoundError, match="r/missing"):
+        store.read_objects([*keys, "r/missing"], concurrency=2)

@@ -202,6 +202,10 @@ fn yaml_is_read_the_same_by_yaml_1_1_readers() {
     assert!(text.contains("- 'on'"), "{text}");
     let (again, _) = resolve("y", parse_yaml("y", &text).unwrap(), true).unwrap();
     assert_eq!(again, cfg);
+    let tiny = resolved("train: {computation_time: 5.0e-324}\nmetric: {au: 1.0e-7}");
+    let text = tiny.to_yaml(false);
+    assert!(text.contains("computation_time: 5.0e-324") && text.contains("au: 1.0e-7"), "{text}");
+    assert_eq!(resolve("y", parse_yaml("y", &text).unwrap(), true).unwrap().0, tiny);
     // What PyYAML makes of an unquoted `off`.
     assert_eq!(resolved("reader: {sample_shuffle: false}").reader.sample_shuffle, dl_driver_core::config::Shuffle::Off);
 }

@@ -87,6 +87,23 @@ impl Store {
         run(py, self.inner.delete(key))?.map_err(storage_error)
     }
 
+    /// Reads every object once, `concurrency` at a time, into reused page-aligned buffers, discarding the data.
+    /// Returns `{"objects", "bytes", "seconds"}`: the raw read path, for benchmarks and cache warm-up.
+    #[pyo3(signature = (keys, concurrency = 1))]
+    fn read_objects(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        concurrency: usize,
+    ) -> PyResult<HashMap<&'static str, f64>> {
+        let report = run(py, self.inner.read_objects(&keys, concurrency))?.map_err(storage_error)?;
+        Ok(HashMap::from([
+            ("objects", report.objects as f64),
+            ("bytes", report.bytes as f64),
+            ("seconds", report.seconds),
+        ]))
+    }
+
     fn __repr__(&self) -> String {
         format!("<dl_driver.storage.Store {}>", self.inner.uri())
     }

@@ -524,6 +524,17 @@ fn is_yaml11_bool_word(scalar: &str) -> bool {
     matches!(scalar.to_ascii_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off")
 }
 
+/// A float like `1e-7` or `-5E+3`: an exponent but no dot.
+fn is_dotless_exponent(scalar: &str) -> bool {
+    let Some((mantissa, exponent)) = scalar.split_once(['e', 'E']) else { return false };
+    let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    let exponent = exponent.strip_prefix(['-', '+']).unwrap_or(exponent);
+    !mantissa.is_empty()
+        && mantissa.bytes().all(|b| b.is_ascii_digit())
+        && !exponent.is_empty()
+        && exponent.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Keys whose values are free-form maps: their contents are not checked against the schema.
 pub const FREE_FORM_KEYS: &[&str] = &["storage.storage_options", "checkpoint.ksm"];
 
@@ -558,6 +569,13 @@ impl Config {
                     out.push('\'');
                     out.push_str(&line[at..]);
                     out.push('\'');
+                }
+                // YAML 1.1 floats need a dot: `5e-324` would be read as a string, `5.0e-324` is a float.
+                Some(at) if is_dotless_exponent(&line[at..]) => {
+                    let exponent = line[at..].find(['e', 'E']).expect("checked") + at;
+                    out.push_str(&line[..exponent]);
+                    out.push_str(".0");
+                    out.push_str(&line[exponent..]);
                 }
                 _ => out.push_str(line),
             }

@@ -330,6 +330,69 @@ impl Store {
     }
 }
 
+/// What [`Store::read_objects`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadReport {
+    pub objects: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl Store {
+    /// Reads every object in `keys` once, `concurrency` at a time, into reused page-aligned buffers, discarding the
+    /// data: the raw read path, for benchmarks and cache warm-up. Local files are read by `concurrency` OS threads.
+    pub async fn read_objects(&self, keys: &[String], concurrency: usize) -> Result<ReadReport, StorageError> {
+        let concurrency = concurrency.clamp(1, keys.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let bytes = if let Some(local) = &self.local {
+            let (local, keys, store) = (Arc::clone(local), keys.to_vec(), self.clone());
+            tokio::task::spawn_blocking(move || {
+                std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..concurrency)
+                        .map(|_| {
+                            scope.spawn(|| -> Result<u64, StorageError> {
+                                let mut buf = AlignedBuf::with_capacity(0);
+                                let mut total = 0;
+                                loop {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let Some(key) = keys.get(i) else { return Ok(total) };
+                                    let location = store.location(key)?;
+                                    let (_, skip) = local
+                                        .read_into(&location, None, &mut buf)
+                                        .map_err(|e| StorageError::from_io(&store.shown(key), "read", &e))?;
+                                    total += (buf.len() - skip) as u64;
+                                }
+                            })
+                        })
+                        .collect();
+                    workers.into_iter().map(|w| w.join().expect("reader threads do not panic")).sum::<Result<u64, _>>()
+                })
+            })
+            .await
+            .map_err(|e| StorageError::Backend {
+                uri: self.uri.to_string(),
+                operation: "read",
+                message: e.to_string(),
+            })??
+        } else {
+            let workers = (0..concurrency).map(|_| async {
+                let mut buf = AlignedBuf::with_capacity(0);
+                let mut total = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(key) = keys.get(i) else { return Ok::<u64, StorageError>(total) };
+                    let (filled, skip) = self.read_into(key, None, buf).await?;
+                    total += (filled.len() - skip) as u64;
+                    buf = filled;
+                }
+            });
+            futures::future::try_join_all(workers).await?.into_iter().sum()
+        };
+        Ok(ReadReport { objects: keys.len() as u64, bytes, seconds: started.elapsed().as_secs_f64() })
+    }
+}
+
 /// A streaming upload; [`Writer::finish`] makes the object visible, [`Writer::abort`] (or an error) discards it.
 pub struct Writer {
     upload: Option<WriteMultipart>,

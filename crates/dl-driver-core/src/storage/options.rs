@@ -159,9 +159,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Whether an endpoint URL points at this machine over plain HTTP (tests and local servers).
 pub fn is_loopback_http(endpoint: &str) -> bool {
     let Some(rest) = endpoint.strip_prefix("http://") else { return false };
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once(':').filter(|(h, _)| !h.is_empty() && !h.ends_with(']')).map_or(host, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
     host == "localhost" || host == "::1" || host.starts_with("127.")
 }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Storage read benchmark: dl-driver vs the page-cache limit, fio, s3dlio, boto3 and the Azure SDK, in one run.
+# Installs the peers (outside the project's own dependencies), starts the servers, runs storage_vs_peers.py,
+# and writes benches/results/storage.json and the storage section of benches/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/common.sh
+
+command -v fio >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio >/dev/null; }
+ensure_venv s3dlio boto3 azure-storage-blob
+install_wheel
+scripts/servers.sh start
+trap 'scripts/servers.sh stop' EXIT
+eval "$(scripts/servers.sh env)"
+"$venv/bin/python" benches/storage_vs_peers.py --command "benches/storage_vs_peers.sh" "$@"
