@@ -36,19 +36,25 @@ fn runtime() -> PyResult<Arc<Runtime>> {
     Ok(rt)
 }
 
-/// Runs `future` to completion on the runtime without holding the GIL, checking for Ctrl-C between slices.
+/// Runs `future` on the runtime's worker threads (where the connections live, so no cross-thread wakeups per
+/// chunk) while this thread waits without the GIL, checking for Ctrl-C between slices; Ctrl-C cancels the future.
 pub fn run<T, F>(py: Python<'_>, future: F) -> PyResult<T>
 where
-    F: Future<Output = T> + Send,
-    T: Send,
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
 {
     let rt = runtime()?;
-    let mut future = std::pin::pin!(future);
+    let mut handle = rt.spawn(future);
     loop {
-        let step = py.detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, future.as_mut()).await }));
+        let step = py.detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut handle).await }));
         match step {
-            Ok(value) => return Ok(value),
-            Err(_) => py.check_signals()?,
+            Ok(joined) => return joined.map_err(|e| crate::DlDriverError::new_err(format!("an I/O task failed: {e}"))),
+            Err(_) => {
+                if let Err(interrupted) = py.check_signals() {
+                    handle.abort();
+                    return Err(interrupted);
+                }
+            }
         }
     }
 }

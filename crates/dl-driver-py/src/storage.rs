@@ -45,7 +45,8 @@ impl Store {
 
     /// The whole object.
     fn get(&self, py: Python<'_>, key: &str) -> PyResult<Buffer> {
-        let data = run(py, self.inner.get(key))?.map_err(storage_error)?;
+        let (store, key) = (self.inner.clone(), key.to_string());
+        let data = run(py, async move { store.get(&key).await })?.map_err(storage_error)?;
         Ok(Buffer { data })
     }
 
@@ -57,34 +58,40 @@ impl Store {
                 self.inner.uri().join(key)
             )));
         }
-        let data = run(py, self.inner.get_range(key, start..end))?.map_err(storage_error)?;
+        let (store, key) = (self.inner.clone(), key.to_string());
+        let data = run(py, async move { store.get_range(&key, start..end).await })?.map_err(storage_error)?;
         Ok(Buffer { data })
     }
 
     /// Writes the object (multipart when larger than the part size); it is visible only once complete.
     fn put(&self, py: Python<'_>, key: &str, data: PyBackedBytes) -> PyResult<()> {
-        run(py, self.inner.put(key, Bytes::from_owner(data)))?.map_err(storage_error)
+        let (store, key) = (self.inner.clone(), key.to_string());
+        run(py, async move { store.put(&key, Bytes::from_owner(data)).await })?.map_err(storage_error)
     }
 
     /// Objects below `prefix`, sorted by key.
     #[pyo3(signature = (prefix = ""))]
     fn list(&self, py: Python<'_>, prefix: &str) -> PyResult<Vec<ObjectInfo>> {
-        let items = run(py, self.inner.list(prefix))?.map_err(storage_error)?;
+        let (store, prefix) = (self.inner.clone(), prefix.to_string());
+        let items = run(py, async move { store.list(&prefix).await })?.map_err(storage_error)?;
         Ok(items.into_iter().map(ObjectInfo::from).collect())
     }
 
     /// Size and modification time; FileNotFoundError when missing.
     fn head(&self, py: Python<'_>, key: &str) -> PyResult<ObjectInfo> {
-        run(py, self.inner.head(key))?.map(ObjectInfo::from).map_err(storage_error)
+        let (store, key) = (self.inner.clone(), key.to_string());
+        run(py, async move { store.head(&key).await })?.map(ObjectInfo::from).map_err(storage_error)
     }
 
     fn exists(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
-        run(py, self.inner.exists(key))?.map_err(storage_error)
+        let (store, key) = (self.inner.clone(), key.to_string());
+        run(py, async move { store.exists(&key).await })?.map_err(storage_error)
     }
 
     /// Deletes the object (a missing object is not an error).
     fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
-        run(py, self.inner.delete(key))?.map_err(storage_error)
+        let (store, key) = (self.inner.clone(), key.to_string());
+        run(py, async move { store.delete(&key).await })?.map_err(storage_error)
     }
 
     /// Reads every object once, `concurrency` at a time, into reused page-aligned buffers, discarding the data.
@@ -96,7 +103,8 @@ impl Store {
         keys: Vec<String>,
         concurrency: usize,
     ) -> PyResult<HashMap<&'static str, f64>> {
-        let report = run(py, self.inner.read_objects(&keys, concurrency))?.map_err(storage_error)?;
+        let store = self.inner.clone();
+        let report = run(py, async move { store.read_objects(&keys, concurrency).await })?.map_err(storage_error)?;
         Ok(HashMap::from([
             ("objects", report.objects as f64),
             ("bytes", report.bytes as f64),
