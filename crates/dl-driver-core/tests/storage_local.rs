@@ -123,3 +123,14 @@ async fn options_for_the_wrong_backend_are_rejected() {
     let e = open("ftp://x/y", &StorageOptions::new()).unwrap_err().to_string();
     assert!(e.contains("ftp://"), "{e}");
 }
+
+#[tokio::test]
+async fn get_stream_yields_the_whole_object() {
+    use futures::TryStreamExt;
+    let store = open("memory://stream", &StorageOptions::new()).unwrap();
+    let data = pattern(3 << 20, 4);
+    store.put("s", Bytes::from(data.clone())).await.unwrap();
+    let chunks: Vec<Bytes> = store.get_stream("s").await.unwrap().try_collect().await.unwrap();
+    assert_eq!(chunks.concat(), data);
+    assert!(store.get_stream("missing").await.err().is_some_and(|e| e.is_not_found()));
+}

@@ -208,6 +208,17 @@ impl Store {
         result.bytes().await.map_err(|e| self.fail(key, "get", &e))
     }
 
+    /// The object as a stream of chunks, for consumers that process data as it arrives.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<impl futures::Stream<Item = Result<Bytes, StorageError>> + Send + 'static, StorageError> {
+        let location = self.location(key)?;
+        let result = self.inner.get(&location).await.map_err(|e| self.fail(key, "get", &e))?;
+        let (shown, secrets) = (self.shown(key), Arc::clone(&self.secrets));
+        Ok(result.into_stream().map_err(move |e| StorageError::from_object_store(&shown, "get", &e, &secrets)))
+    }
+
     /// Bytes `range` of the object.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
         let location = self.location(key)?;
