@@ -7,7 +7,7 @@ source scripts/common.sh
 
 step "toolchain and test dependencies"
 if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
-ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19"
+ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26"
 
 step "storage servers (moto, SeaweedFS, Azurite)"
 scripts/servers.sh start

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-DL_DRIVER = shutil.which("dl-driver") or str(Path(sys.executable).with_name("dl-driver"))
+from tests_support import DL_DRIVER
 
 
 @pytest.fixture

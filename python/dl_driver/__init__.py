@@ -4,16 +4,19 @@ The engine is Rust (``dl_driver._core``); this package is the Python face of it.
 """
 
 from dl_driver import storage
-from dl_driver._core import ConfigError, DlDriverError, StorageError, __version__
+from dl_driver._core import ConfigError, DlDriverError, FormatError, StorageError, __version__
 from dl_driver.config import Config, ConfigWarning, load_dlio_config, workloads
+from dl_driver.generation import generate
 
 __all__ = [
     "Config",
     "ConfigError",
     "ConfigWarning",
     "DlDriverError",
+    "FormatError",
     "StorageError",
     "__version__",
+    "generate",
     "load_dlio_config",
     "storage",
     "workloads",

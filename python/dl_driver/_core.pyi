@@ -13,6 +13,19 @@ class ConfigError(DlDriverError):
 class StorageError(DlDriverError):
     """A storage operation failed; the message names the URI and never a credential."""
 
+class FormatError(DlDriverError):
+    """A dataset file could not be encoded or decoded."""
+
+def generate(
+    config_json: str,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_existing: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Generates one rank's share of a resolved config's dataset: ``{files_written, files_skipped, bytes_written, seconds}``."""
+
 class Buffer:
     """Bytes read from storage, shared without a copy through the buffer protocol (memoryview, numpy, bytes())."""
 

@@ -9,21 +9,19 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from dl_driver import _core
+from dl_driver import _core, launcher
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
+from dl_driver.generation import generate
 
 #: Subcommands that later versions bring, with what they will do.
 PLANNED = {
     "run": "runs a workload's training emulation (reader pipeline, compute, checkpoints) and writes DLIO's run files",
-    "generate": "generates a workload's dataset in DLIO's layout and format",
     "datasize": "computes MLPerf's minimum dataset size for a workload and host",
     "checkpoint": "lists, verifies and deletes checkpoints",
     "report": "aggregates run folders into MLPerf JSON/CSV reports",
 }
 
-#: Launcher variables that carry the number of processes (mpirun, torchrun, Slurm).
-WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "WORLD_SIZE", "SLURM_NTASKS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     _workload_arguments(validate)
     validate.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     validate.set_defaults(handler=_validate)
+    gen = commands.add_parser("generate", help="write a workload's dataset in DLIO's layout and format")
+    _workload_arguments(gen)
+    gen.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
+    gen.add_argument("--skip-existing", action="store_true", help="keep files already written (resumes a generation)")
+    gen.add_argument("--threads", type=int, metavar="N", help="files produced at once (default: the number of CPUs)")
+    gen.set_defaults(handler=_generate)
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"(not available yet) {what}")
         planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -61,7 +65,7 @@ def _workload_arguments(parser: argparse.ArgumentParser) -> None:
         "--world-size",
         type=int,
         metavar="N",
-        help=f"number of processes (default: from {', '.join(WORLD_SIZE_VARIABLES)}, else 1)",
+        help=f"number of processes (default: from {', '.join(launcher.WORLD_SIZE_VARIABLES)}, else 1)",
     )
 
 
@@ -102,24 +106,9 @@ def load_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def world_size(args: argparse.Namespace) -> int:
-    """The process count: --world-size, else the launcher's environment, else 1."""
-    if args.world_size is not None:
-        if args.world_size < 1:
-            raise DlDriverError(f"--world-size {args.world_size}: expected a process count >= 1")
-        return args.world_size
-    for name in WORLD_SIZE_VARIABLES:
-        value = os.environ.get(name)
-        if value:
-            if not value.isdigit() or int(value) < 1:
-                raise DlDriverError(f"environment variable {name}={value!r}: expected a process count >= 1")
-            return int(value)
-    return 1
-
-
 def _validate(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
-    plan = cfg.plan(world_size(args))
+    plan = cfg.plan(launcher.world_size(args.world_size))
     if args.json:
         document = {
             "source": cfg.source_name,
@@ -135,6 +124,25 @@ def _validate(args: argparse.Namespace) -> int:
     print("---")
     print(f"# derived plan for {plan['world_size']} process(es)")
     print(_core.json_to_yaml(json.dumps(plan)), end="")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    report = generate(
+        cfg,
+        rank=args.rank,
+        world_size=args.world_size,
+        skip_existing=args.skip_existing,
+        threads=args.threads,
+        progress=sys.stderr.isatty(),
+    )
+    mib = report["bytes_written"] / 2**20
+    rate = mib / report["seconds"] if report["seconds"] else 0.0
+    print(
+        f"generated {int(report['files_written'])} files ({int(report['files_skipped'])} already present), "
+        f"{mib:.1f} MiB in {report['seconds']:.2f} s ({rate:.0f} MiB/s) at {cfg.plan()['data_location']}"
+    )
     return 0
 
 

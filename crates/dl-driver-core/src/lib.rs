@@ -2,5 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod formats;
+pub mod generate;
 pub mod plan;
 pub mod storage;

@@ -96,7 +96,7 @@ pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan,
     let ev = &config.evaluation;
     let eval_epochs: Vec<u64> = if w.evaluation && w.train {
         (1..=train_epochs)
-            .filter(|e| *e >= ev.eval_after_epoch && (e - ev.eval_after_epoch) % ev.epochs_between_evals == 0)
+            .filter(|e| *e >= ev.eval_after_epoch && (e - ev.eval_after_epoch).is_multiple_of(ev.epochs_between_evals))
             .collect()
     } else {
         Vec::new()
@@ -176,7 +176,8 @@ fn checkpoint_plan(config: &Config, train: &PhasePlan, size: CheckpointSize) -> 
     }
     let epochs: Vec<u64> = (1..=train.epochs)
         .filter(|e| {
-            *e >= k.checkpoint_after_epoch && (e - k.checkpoint_after_epoch) % k.epochs_between_checkpoints == 0
+            *e >= k.checkpoint_after_epoch
+                && (e - k.checkpoint_after_epoch).is_multiple_of(k.epochs_between_checkpoints)
         })
         .collect();
     CheckpointPlan {

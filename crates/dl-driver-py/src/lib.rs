@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 pyo3::create_exception!(_core, DlDriverError, PyException, "Base class of every dl-driver error.");
 pyo3::create_exception!(_core, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
 pyo3::create_exception!(_core, StorageError, DlDriverError, "A storage operation failed (the message names the URI).");
+pyo3::create_exception!(_core, FormatError, DlDriverError, "A dataset file could not be encoded or decoded.");
 
 fn config_error(e: &CoreConfigError) -> PyErr {
     ConfigError::new_err(e.to_string())
@@ -112,6 +113,40 @@ fn json_to_yaml(text: &str) -> PyResult<String> {
     Ok(serde_yaml::to_string(&value).expect("YAML values serialize"))
 }
 
+/// Generates this rank's share of a config's dataset; returns what was done.
+#[pyfunction]
+#[pyo3(signature = (config_json, rank = 0, world_size = 1, skip_existing = false, threads = None, progress = false))]
+fn generate(
+    py: Python<'_>,
+    config_json: &str,
+    rank: u64,
+    world_size: u64,
+    skip_existing: bool,
+    threads: Option<usize>,
+    progress: bool,
+) -> PyResult<std::collections::HashMap<&'static str, f64>> {
+    use dl_driver_core::generate::{self, GenerateError, GenerateOptions};
+    if world_size == 0 || rank >= world_size {
+        return Err(ConfigError::new_err(format!("rank {rank} is not below world size {world_size}")));
+    }
+    let config = parse_config(config_json)?;
+    let defaults = GenerateOptions::default();
+    let options =
+        GenerateOptions { rank, world_size, skip_existing, threads: threads.unwrap_or(defaults.threads), progress };
+    let report =
+        runtime::run(py, async move { generate::generate(&config, &options).await })?.map_err(|e| match e {
+            GenerateError::Storage(s) => storage::storage_error(s),
+            GenerateError::Config(m) => ConfigError::new_err(m),
+            GenerateError::Format { .. } => FormatError::new_err(e.to_string()),
+        })?;
+    Ok(std::collections::HashMap::from([
+        ("files_written", report.files_written as f64),
+        ("files_skipped", report.files_skipped as f64),
+        ("bytes_written", report.bytes_written as f64),
+        ("seconds", report.seconds),
+    ]))
+}
+
 /// Whether an option key names a credential (its value is never shown).
 #[pyfunction]
 fn is_secret_key(key: &str) -> bool {
@@ -131,6 +166,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DlDriverError", py.get_type::<DlDriverError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("StorageError", py.get_type::<StorageError>())?;
+    m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add_function(wrap_pyfunction!(generate, m)?)?;
     m.add_class::<storage::Store>()?;
     m.add_class::<storage::ObjectInfo>()?;
     m.add_class::<storage::Buffer>()?;

@@ -11,7 +11,7 @@ use pyo3::pybacked::PyBackedBytes;
 use crate::runtime::run;
 use crate::StorageError;
 
-fn storage_error(e: CoreStorageError) -> PyErr {
+pub fn storage_error(e: CoreStorageError) -> PyErr {
     if e.is_not_found() {
         PyFileNotFoundError::new_err(e.to_string())
     } else {

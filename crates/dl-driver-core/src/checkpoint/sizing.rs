@@ -138,7 +138,7 @@ fn layout(config: &Config, world_size: u64) -> Result<(u64, u64, u64), (String, 
                     ),
                 ));
             }
-            if world_size % mp != 0 {
+            if !world_size.is_multiple_of(mp) {
                 return Err((
                     "model.parallelism".into(),
                     format!("{world_size} processes are not a multiple of tensor * pipeline = {tp} * {pp} = {mp}"),

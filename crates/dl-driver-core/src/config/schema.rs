@@ -250,6 +250,10 @@ pub struct Dataset {
     pub keep_files: bool,
     pub generation_buffer_size: u64,
     pub hdf5: Hdf5,
+    /// dl-driver extension: generated sample bytes compress by about this factor (1 = incompressible).
+    pub compress_ratio: f64,
+    /// dl-driver extension: each distinct 4 KiB block of sample bytes appears this many times (1 = no duplicates).
+    pub dedup_ratio: f64,
 }
 
 impl Default for Dataset {
@@ -276,6 +280,8 @@ impl Default for Dataset {
             keep_files: true,
             generation_buffer_size: 2 * 1024 * 1024 * 1024,
             hdf5: Hdf5::default(),
+            compress_ratio: 1.0,
+            dedup_ratio: 1.0,
         }
     }
 }

@@ -174,6 +174,11 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
             return err(path, format!("got {v}, expected a number of bytes >= 0"));
         }
     }
+    for (path, v) in [("dataset.compress_ratio", d.compress_ratio), ("dataset.dedup_ratio", d.dedup_ratio)] {
+        if !(v.is_finite() && (1.0..=4096.0).contains(&v)) {
+            return err(path, format!("got {v}, expected a ratio from 1 (none) to 4096"));
+        }
+    }
     if d.record_dims.contains(&0) {
         return err("dataset.record_dims", format!("got {:?}, expected dimensions >= 1", d.record_dims));
     }

@@ -10,7 +10,6 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -28,8 +27,6 @@ use super::buffer::{round_up, AlignedBuf, ALIGN};
 
 /// Chunk in which payloads are staged into aligned memory for writing.
 const WRITE_CHUNK: usize = 8 * 1024 * 1024;
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A directory of local files served as an object store.
 #[derive(Debug)]
@@ -209,22 +206,31 @@ struct TempWriter {
 }
 
 impl TempWriter {
+    /// Opens the target's temporary file, `.dl-driver-{name}.tmp`, locked for this writer. A temporary file left by
+    /// a writer that died is unlocked (locks end with their process) and is taken over, so an interrupted run leaves
+    /// no garbage once the file is written again.
     fn create(target: &FsPath, direct: bool) -> io::Result<Self> {
         let dir =
             target.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an object needs a name"))?;
         fs::create_dir_all(dir)?;
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temp = dir.join(format!(
-            ".dl-driver-{name}.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let temp = dir.join(format!(".dl-driver-{name}.tmp"));
         let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
+        options.write(true).create(true).truncate(false);
         if direct {
             options.custom_flags(libc::O_DIRECT);
         }
         let file = options.open(&temp)?;
+        if let Err(e) = file.try_lock() {
+            return Err(match e {
+                fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!("{} is being written by another writer", target.display()),
+                ),
+                fs::TryLockError::Error(e) => e,
+            });
+        }
+        file.set_len(0)?;
         Ok(Self { file, temp, target: target.to_path_buf(), direct, len: 0, staging: None })
     }
 
@@ -257,7 +263,8 @@ impl TempWriter {
 
 impl Drop for TempWriter {
     fn drop(&mut self) {
-        // After a successful commit the temporary name no longer exists; otherwise this discards a partial write.
+        // After a successful commit the temporary name no longer exists; otherwise this discards a partial write
+        // (while the lock is still held, so no other writer is using the name).
         let _ = fs::remove_file(&self.temp);
     }
 }
@@ -270,7 +277,7 @@ fn direct_write_at<'a>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
     staging: &mut AlignedBuf,
 ) -> io::Result<u64> {
-    if offset % ALIGN as u64 != 0 {
+    if !offset.is_multiple_of(ALIGN as u64) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("O_DIRECT writes must start at a multiple of {ALIGN} bytes, got offset {offset}"),
@@ -524,7 +531,7 @@ impl MultipartUpload for LocalUpload {
         let len = data.content_length() as u64;
         self.next_offset += len;
         let misaligned = self.unaligned_part_seen;
-        self.unaligned_part_seen |= len % ALIGN as u64 != 0;
+        self.unaligned_part_seen |= !len.is_multiple_of(ALIGN as u64);
         let state = Arc::clone(&self.state);
         let location = self.location.clone();
         Box::pin(async move {

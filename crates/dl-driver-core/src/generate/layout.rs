@@ -1,0 +1,121 @@
+//! DLIO's dataset layout: `{data_folder}/train/` and `valid/`, optional subfolders `{i % S}` (zero-padded to the
+//! width of S), file names `{prefix}_{i:0N}_of_{n}.{ext}` with N the width of n, and rank striding (rank r writes
+//! files r, r + P, r + 2P, ...). Eval files continue the shape draws after the train files (dlio.md §2, §9).
+
+use crate::config::{Config, Format};
+
+use super::shapes::file_shapes;
+
+/// Which split a file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Valid,
+}
+
+impl Split {
+    /// The folder name under the data folder.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Valid => "valid",
+        }
+    }
+}
+
+/// One dataset file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub split: Split,
+    /// Index within its split.
+    pub index: u64,
+    /// Key relative to the data folder, e.g. `train/1/img_3_of_8.npz`.
+    pub key: String,
+    /// Sample shape (d1, d2): every sample of a file has the same shape.
+    pub shape: (u64, u64),
+    pub samples: u64,
+}
+
+/// The file extension DLIO uses for a format.
+pub fn extension(format: Format) -> &'static str {
+    match format {
+        Format::Tfrecord => "tfrecord",
+        Format::Hdf5 => "hdf5",
+        Format::Csv => "csv",
+        Format::Npz => "npz",
+        Format::Npy => "npy",
+        Format::Jpeg => "jpeg",
+        Format::Png => "png",
+        Format::IndexedBinary | Format::MmapIndexedBinary => "indexed_binary",
+        Format::Synthetic => "synthetic",
+    }
+}
+
+/// The key of file `index` of `count` in a split.
+pub fn file_key(split: Split, prefix: &str, index: u64, count: u64, subfolders: u64, ext: &str) -> String {
+    let width = count.to_string().len();
+    let name = format!("{prefix}_{index:0width$}_of_{count}.{ext}");
+    if subfolders > 1 {
+        let sub_width = subfolders.to_string().len();
+        format!("{}/{:0sub_width$}/{name}", split.folder(), index % subfolders)
+    } else {
+        format!("{}/{name}", split.folder())
+    }
+}
+
+/// Every file of the dataset (train, then valid) that `rank` of `world_size` writes.
+pub fn dataset_files(config: &Config, rank: u64, world_size: u64) -> Vec<FileSpec> {
+    let d = &config.dataset;
+    let ext = extension(d.format);
+    let total = d.num_files_train + d.num_files_eval;
+    let shapes: Vec<(u64, u64)> = match d.record_dims.as_slice() {
+        [] => file_shapes(d.record_length_bytes, d.record_length_bytes_stdev, total),
+        [one] => vec![(*one, 1); usize::try_from(total).unwrap_or(usize::MAX)],
+        [first, rest @ ..] => vec![(*first, rest.iter().product()); usize::try_from(total).unwrap_or(usize::MAX)],
+    };
+    let splits = [
+        (Split::Train, d.num_files_train, d.num_subfolders_train, 0),
+        (Split::Valid, d.num_files_eval, d.num_subfolders_eval, d.num_files_train),
+    ];
+    let mut files = Vec::new();
+    for (split, count, subfolders, shape_offset) in splits {
+        for index in (rank..count).step_by(usize::try_from(world_size.max(1)).unwrap_or(usize::MAX)) {
+            files.push(FileSpec {
+                split,
+                index,
+                key: file_key(split, &d.file_prefix, index, count, subfolders, ext),
+                shape: shapes[usize::try_from(shape_offset + index).expect("file counts fit in memory")],
+                samples: d.num_samples_per_file,
+            });
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_dlio() {
+        assert_eq!(file_key(Split::Train, "img", 0, 16, 0, "npz"), "train/img_00_of_16.npz");
+        assert_eq!(file_key(Split::Train, "img", 3, 8, 2, "hdf5"), "train/1/img_3_of_8.hdf5");
+        assert_eq!(file_key(Split::Valid, "part", 7, 100, 12, "tfrecord"), "valid/07/part_007_of_100.tfrecord");
+    }
+
+    #[test]
+    fn ranks_stride_and_eval_shapes_continue_after_train() {
+        let mut c = Config::default();
+        c.dataset.num_files_train = 5;
+        c.dataset.num_files_eval = 2;
+        c.dataset.record_length_bytes = 1_048_576.0;
+        c.dataset.record_length_bytes_stdev = 262_144.0;
+        let all = dataset_files(&c, 0, 1);
+        assert_eq!(all.len(), 7);
+        let shapes = file_shapes(1_048_576.0, 262_144.0, 7);
+        assert_eq!(all.iter().map(|f| f.shape).collect::<Vec<_>>(), shapes);
+        assert_eq!(all[5].key, "valid/img_0_of_2.tfrecord");
+        let rank1: Vec<u64> = dataset_files(&c, 1, 2).iter().map(|f| f.index).collect();
+        assert_eq!(rank1, vec![1, 3, 1]);
+    }
+}

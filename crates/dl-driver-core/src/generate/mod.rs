@@ -1,0 +1,202 @@
+//! Dataset generation in DLIO's layouts and formats: shapes drawn as DLIO draws them, files striped over ranks,
+//! bytes produced on worker threads and streamed to storage with bounded memory; files appear only when complete.
+
+pub mod data;
+pub mod layout;
+pub mod shapes;
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::config::{Config, Format};
+use crate::formats::{self, Sink};
+use crate::storage::{self, StorageError, StorageOptions, Store};
+use layout::FileSpec;
+
+/// Bytes handed from a producing thread to the uploader at a time.
+const HANDOFF: usize = 8 * 1024 * 1024;
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The config cannot be generated (bad location or storage options).
+    #[error("{0}")]
+    Config(String),
+    /// A file could not be encoded.
+    #[error("{key}: {message}")]
+    Format { key: String, message: String },
+}
+
+/// Which part of the dataset to write, and how.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub rank: u64,
+    pub world_size: u64,
+    /// Keep files that already exist (they are complete: files only ever appear whole).
+    pub skip_existing: bool,
+    /// Files produced at once (each on its own thread).
+    pub threads: usize,
+    /// Print a progress line to stderr.
+    pub progress: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Self { rank: 0, world_size: 1, skip_existing: false, threads, progress: false }
+    }
+}
+
+/// What a generation did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateReport {
+    pub files_written: u64,
+    pub files_skipped: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// Generates this rank's share of the dataset of `config`.
+pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<GenerateReport, GenerateError> {
+    let started = Instant::now();
+    let location = config.data_location().map_err(|e| GenerateError::Config(format!("dataset.data_folder: {e}")))?;
+    let storage_options = StorageOptions::from_yaml(&config.storage.storage_options)
+        .map_err(|e| GenerateError::Config(format!("storage.storage_options: {e}")))?;
+    let store = storage::open(&location.to_string(), &storage_options)?;
+    if config.dataset.format == Format::Synthetic {
+        return Ok(GenerateReport { files_written: 0, files_skipped: 0, bytes_written: 0, seconds: 0.0 });
+    }
+    let files = layout::dataset_files(config, options.rank, options.world_size);
+    let existing: HashSet<String> =
+        if options.skip_existing { store.list("").await?.into_iter().map(|o| o.key).collect() } else { HashSet::new() };
+    let (todo, skipped): (Vec<FileSpec>, Vec<FileSpec>) = files.into_iter().partition(|f| !existing.contains(&f.key));
+    let total_files = todo.len() as u64;
+    let progress = Arc::new(Progress::default());
+    let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), total_files)));
+    let config = Arc::new(config.clone());
+    let result = futures::stream::iter(todo)
+        .map(|spec| write_one(&store, Arc::clone(&config), spec, Arc::clone(&progress)))
+        .buffer_unordered(options.threads.max(1))
+        .try_for_each(|()| async { Ok(()) })
+        .await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        progress.print(total_files, true);
+    }
+    result?;
+    Ok(GenerateReport {
+        files_written: total_files,
+        files_skipped: skipped.len() as u64,
+        bytes_written: progress.bytes.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Produces one file on a blocking thread and uploads it as it is produced; companions first, the file last.
+async fn write_one(
+    store: &Store,
+    config: Arc<Config>,
+    spec: FileSpec,
+    progress: Arc<Progress>,
+) -> Result<(), GenerateError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let key = spec.key.clone();
+    let seed = data::mix(config.train.seed ^ data::mix(spec.index) ^ data::mix(spec.split as u64 + 1));
+    let producer = tokio::task::spawn_blocking(move || {
+        let d = &config.dataset;
+        let mut bytes = data::SampleBytes::new(seed, d.compress_ratio, d.dedup_ratio);
+        let mut sink = ChannelSink { tx, pending: Vec::with_capacity(HANDOFF) };
+        let companions = formats::write_file(&config, &spec, &mut bytes, &mut sink)?;
+        sink.flush()?;
+        Ok::<_, io::Error>(companions)
+    });
+    let mut writer = store.writer(&key).await?;
+    while let Some(chunk) = rx.recv().await {
+        let len = chunk.len() as u64;
+        if let Err(e) = writer.write(chunk).await {
+            drop(rx);
+            let _ = producer.await;
+            return Err(e.into());
+        }
+        progress.bytes.fetch_add(len, Ordering::Relaxed);
+    }
+    let outcome = producer.await.map_err(|e| GenerateError::Format { key: key.clone(), message: e.to_string() })?;
+    let companions = match outcome {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writer.abort().await;
+            return Err(GenerateError::Format { key, message: e.to_string() });
+        }
+    };
+    for companion in companions {
+        store.put(&companion.key, Bytes::from(companion.bytes)).await?;
+    }
+    writer.finish().await?;
+    progress.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind.
+struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    pending: Vec<u8>,
+}
+
+impl ChannelSink {
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(HANDOFF));
+        self.tx.blocking_send(Bytes::from(chunk)).map_err(|_| io::Error::other("the upload stopped"))
+    }
+}
+
+impl Sink for ChannelSink {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = data.len().min(HANDOFF - self.pending.len());
+            self.pending.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.pending.len() == HANDOFF {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Files and bytes done, for the progress line.
+#[derive(Default)]
+struct Progress {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+}
+
+impl Progress {
+    async fn tick(progress: Arc<Self>, total: u64) {
+        loop {
+            progress.print(total, false);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn print(&self, total: u64, last: bool) {
+        let started = *self.started.get_or_init(Instant::now);
+        let files = self.files.load(Ordering::Relaxed);
+        let mib = self.bytes.load(Ordering::Relaxed) as f64 / 1_048_576.0;
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let eta = if files > 0 { (total - files) as f64 * secs / files as f64 } else { 0.0 };
+        let end = if last { "\n" } else { "" };
+        eprint!("\rgenerating: {files}/{total} files, {mib:.0} MiB, {:.0} MiB/s, ETA {eta:.0} s   {end}", mib / secs);
+    }
+}

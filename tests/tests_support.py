@@ -1,0 +1,32 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DL_DRIVER = shutil.which("dl-driver") or str(Path(sys.executable).with_name("dl-driver"))
+
+
+def numpy_shapes(record_length: float, stdev: float, files: int) -> list[tuple[int, int]]:
+    """DLIO's per-file sample shapes, computed with numpy itself (the reference our generator must match)."""
+    np.random.seed(10)
+    dim = int(math.sqrt(record_length))
+    draws = np.random.normal(dim, stdev / 2 / math.sqrt(record_length), 2 * files)
+    dims = [max(1, int(d)) for d in draws]
+    return [(dims[2 * i], dims[2 * i + 1]) for i in range(files)]
+
+
+def npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in an .npy header, after checking the file holds exactly that many uint8 elements."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        data_start = f.tell()
+    assert path.stat().st_size == data_start + int(np.prod(shape)) * dtype.itemsize, f"{path.name} is truncated"
+    return shape
