@@ -9,7 +9,9 @@ source scripts/common.sh
 command -v fio >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio >/dev/null; }
 ensure_venv s3dlio boto3 azure-storage-blob
 install_wheel
-scripts/servers.sh start
-trap 'scripts/servers.sh stop' EXIT
+if ! scripts/servers.sh status >/dev/null; then
+  scripts/servers.sh start
+  trap 'scripts/servers.sh stop' EXIT
+fi
 eval "$(scripts/servers.sh env)"
 "$venv/bin/python" benches/storage_vs_peers.py --command "benches/storage_vs_peers.sh" "$@"

@@ -24,9 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cache=${DL_DRIVER_CACHE:-/var/cache/dl-driver}
-mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ] || cache="$PWD/.cache"
-venv=${DL_DRIVER_VENV:-$cache/venv}
+source scripts/common.sh # cache and venv locations
 state=${DL_DRIVER_SERVERS_DIR:-$cache/servers}
 abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 cache=$(abs "$cache") venv=$(abs "$venv") state=$(abs "$state")

@@ -10,8 +10,11 @@ if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/
 ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26"
 
 step "storage servers (moto, SeaweedFS, Azurite)"
-scripts/servers.sh start
-trap 'scripts/servers.sh stop' EXIT
+# Servers already running (another session's) are used and left running; the ones started here are stopped.
+if ! scripts/servers.sh status >/dev/null; then
+  scripts/servers.sh start
+  trap 'scripts/servers.sh stop' EXIT
+fi
 eval "$(scripts/servers.sh env)"
 
 step "cargo fmt --check"

@@ -18,7 +18,7 @@ def test_validate_prints_config_and_plan_as_yaml(cli) -> None:
     assert config["dataset"]["num_files_train"] == 168
     assert config["reader"]["data_loader"] == "pytorch"
     assert (plan["train"]["files"], plan["train"]["steps_per_epoch"]) == (168, 24)
-    assert plan["checkpoint"]["epochs"] == [5]
+    assert plan["checkpoint"]["epochs"] == {"first": 5, "every": 2, "count": 1}
     assert out.stderr == ""
 
 
@@ -94,12 +94,11 @@ def test_unknown_keys_warn_on_stderr_and_fail_under_strict(cli) -> None:
         (["workload=default", "stray"], "unexpected argument 'stray'"),
     ],
 )
-def test_errors_exit_2_with_the_key_named_and_write_nothing(cli, tmp_path: Path, args: list[str], needle: str) -> None:
+def test_errors_exit_2_with_the_key_named(cli, args: list[str], needle: str) -> None:
     out = cli("validate", *args)
     assert out.returncode == 2
     assert needle in out.stderr, out.stderr
     assert out.stdout == ""
-    assert list(tmp_path.iterdir()) == [], "a failed validation writes nothing"
 
 
 def test_yaml_syntax_error_has_line_and_column(cli, tmp_path: Path) -> None:

@@ -268,3 +268,23 @@ def test_stock_dlio_yamls_load_unmodified_with_their_command_lines(tmp_path: Pat
     assert {str(w.message).split("unknown key ")[1].split(" (")[0] for w in caught} == {"checkpoint.num_checkpoints", "checkpoint.recovery_after_steps"}
     plan = llama.plan(world_size=8)
     assert abs(plan["checkpoint"]["size_gib"] - 104.70) < 0.01
+
+
+def test_credentials_never_shown_in_overrides_or_assignment_errors() -> None:
+    secret = "Sup3rSecretValue"
+    cfg = load_dlio_config("default", {"storage.storage_options": {"secret_access_key": secret, "region": "x"}})
+    assert all(secret not in o for o in cfg.overrides)
+    cfg = load_dlio_config("default", [f"++workload.storage.storage_options={{secret_access_key: {secret}}}"])
+    assert all(secret not in o for o in cfg.overrides)
+    with pytest.raises(ConfigError) as e:
+        cfg.update({"storage.storage_options.master_key": secret, "reader.batch_size": 0})
+    assert secret not in str(e.value)
+    cfg.storage.storage_options.azure_storage_master_key = secret
+    assert secret not in cfg.to_yaml() and secret not in repr(cfg.storage.storage_options)
+
+
+def test_plan_rejects_impossible_world_sizes() -> None:
+    cfg = load_dlio_config("default")
+    for bad in (0, 2**64):
+        with pytest.raises(ConfigError, match="world size"):
+            cfg.plan(world_size=bad)

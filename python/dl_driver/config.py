@@ -146,6 +146,8 @@ class Config:
     def plan(self, world_size: int = 1) -> dict[str, Any]:
         """The derived plan for ``world_size`` processes: steps per epoch, samples per rank, dataset bytes, files,
         evaluation and checkpoint schedules, checkpoint size."""
+        if not isinstance(world_size, int) or not 1 <= world_size <= 2**32:
+            raise ConfigError(f"world size {world_size!r}: expected a process count from 1 to 2**32")
         return json.loads(_core.plan_json(json.dumps(self._data), self.source_name, world_size))
 
     def set(self, path: str, value: Any) -> None:
@@ -158,12 +160,12 @@ class Config:
         data = copy.deepcopy(self._data)
         for path, value in changes.items():
             _put(data, tuple(path.removeprefix("workload.").split(".")), value)
-        self._validate_and_keep(data, ", ".join(f"{k} = {v!r}" for k, v in changes.items()))
+        self._validate_and_keep(data, ", ".join(_shown(k, v) for k, v in changes.items()))
 
     def _assign(self, path: tuple[str, ...], value: Any) -> None:
         data = copy.deepcopy(self._data)
         _put(data, path, value)
-        self._validate_and_keep(data, f"{'.'.join(path)} = {value!r}")
+        self._validate_and_keep(data, _shown(".".join(path), value))
 
     def _validate_and_keep(self, data: dict[str, Any], change: str) -> None:
         try:
@@ -171,6 +173,13 @@ class Config:
         except ConfigError as e:
             raise ConfigError(f"cannot set {change}: {e}") from None
         object.__setattr__(self, "_data", json.loads(result.config_json))
+
+
+def _shown(path: str, value: Any) -> str:
+    """``path = value`` for messages, with credentials hidden."""
+    if any(_core.is_secret_key(part) for part in path.split(".")) or _redacted(value) != value:
+        return f"{path} = ***"
+    return f"{path} = {value!r}"
 
 
 def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -249,5 +258,5 @@ class Section:
 
 def _redacted(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: "***" if _core.is_secret_key(k) else _redacted(v) for k, v in node.items()}
+        return {k: "***" if _core.is_secret_key(str(k)) else _redacted(v) for k, v in node.items()}
     return node

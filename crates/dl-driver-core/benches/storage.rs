@@ -43,7 +43,7 @@ fn sequential_reads(c: &mut Criterion) {
         let keys = files(&root, size, 32);
         group.throughput(Throughput::Bytes(size as u64));
         for (label, direct) in [("file_warm", false), ("direct", true)] {
-            let store = LocalStore::new(root.clone(), direct).unwrap();
+            let store = LocalStore::new(root.clone(), direct);
             let mut buf = AlignedBuf::with_capacity(size);
             let mut i = 0;
             group.bench_function(BenchmarkId::new(label, format!("{}MiB", size / MIB)), |b| {
@@ -60,7 +60,7 @@ fn sequential_reads(c: &mut Criterion) {
 fn small_objects(c: &mut Criterion) {
     let root = dir("small");
     let keys = files(&root, 128 * 1024, 2000);
-    let store = LocalStore::new(root, false).unwrap();
+    let store = LocalStore::new(root, false);
     let mut buf = AlignedBuf::with_capacity(128 * 1024);
     let mut group = c.benchmark_group("small_objects_128KiB");
     group.throughput(Throughput::Elements(1));

@@ -15,11 +15,12 @@ pub struct Plan {
     pub output_folder: String,
     /// The phases that run, in order: generate, train, evaluation, checkpoint.
     pub phases: Vec<&'static str>,
-    pub sampler: Sampler,
+    /// DLIO's derived sampler: iterative for the tensorflow loader, index for pytorch and dali.
+    pub sampler: Option<Sampler>,
     pub train: PhasePlan,
     pub eval: PhasePlan,
-    /// Epochs after which evaluation runs (empty when evaluation is off).
-    pub eval_epochs: Vec<u64>,
+    /// Epochs after which evaluation runs.
+    pub eval_epochs: Schedule,
     pub dataset: DatasetPlan,
     pub checkpoint: Option<CheckpointPlan>,
 }
@@ -51,13 +52,40 @@ pub struct DatasetPlan {
     pub bytes: u64,
 }
 
+/// Epochs `first, first + every, ...`, `count` of them (count 0: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Schedule {
+    pub first: Option<u64>,
+    pub every: u64,
+    pub count: u64,
+}
+
+impl Schedule {
+    /// Epochs e in 1..=epochs with e >= after and (e - after) a multiple of every.
+    pub fn of(epochs: u64, after: u64, every: u64) -> Self {
+        let every = every.max(1);
+        let first = if after >= 1 { after } else { every };
+        if first > epochs {
+            return Self { first: None, every, count: 0 };
+        }
+        Self { first: Some(first), every, count: (epochs - first) / every + 1 }
+    }
+
+    /// Whether `epoch` is in the schedule.
+    pub fn contains(&self, epoch: u64) -> bool {
+        self.first.is_some_and(|f| {
+            epoch >= f && (epoch - f).is_multiple_of(self.every) && (epoch - f) / self.every < self.count
+        })
+    }
+}
+
 /// When checkpoints happen and how big they are.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckpointPlan {
     /// `epoch`, `step` or `checkpoint_only`.
     pub trigger: &'static str,
     /// Epoch mode: the epochs after which a checkpoint is written.
-    pub epochs: Vec<u64>,
+    pub epochs: Schedule,
     /// Step mode: the interval in global steps.
     pub every_steps: Option<u64>,
     pub writes: u64,
@@ -73,11 +101,17 @@ pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan,
         return Err(invalid("(world size)", "got 0 processes, expected >= 1".into()));
     }
     let d = &config.dataset;
-    let phase = |files: u64, subfolders: u64, batch: u64, epochs: u64, cap: Option<u64>| {
-        let samples = files * d.num_samples_per_file;
+    let too_large =
+        |path: &str| invalid(path, "the resulting sample, step or byte count does not fit in 64 bits".into());
+    let phase = |files: u64, subfolders: u64, batch: u64, epochs: u64, cap: Option<u64>, path: &str| {
+        let samples = files.checked_mul(d.num_samples_per_file).ok_or_else(|| too_large(path))?;
         let steps = samples / batch / world_size;
         let steps = cap.map_or(steps, |c| steps.min(c));
-        PhasePlan {
+        let bytes = samples as f64 * d.record_length_bytes;
+        if bytes >= 2f64.powi(64) {
+            return Err(too_large("dataset.record_length_bytes"));
+        }
+        Ok(PhasePlan {
             files,
             subfolders: if subfolders > 1 { subfolders } else { 0 },
             samples,
@@ -85,24 +119,36 @@ pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan,
             batch_size: batch,
             steps_per_epoch: steps,
             epochs,
-            total_steps: steps * epochs,
-            bytes: (samples as f64 * d.record_length_bytes).round() as u64,
-        }
+            total_steps: steps.checked_mul(epochs).ok_or_else(|| too_large("train.epochs"))?,
+            bytes: bytes.round() as u64,
+        })
     };
     let w = &config.workflow;
     let train_epochs = if w.train { config.train.epochs } else { 0 };
     let cap = u64::try_from(config.train.total_training_steps).ok().filter(|c| *c > 0);
-    let train = phase(d.num_files_train, d.num_subfolders_train, config.reader.batch_size, train_epochs, cap);
+    let train = phase(
+        d.num_files_train,
+        d.num_subfolders_train,
+        config.reader.batch_size,
+        train_epochs,
+        cap,
+        "dataset.num_files_train",
+    )?;
     let ev = &config.evaluation;
-    let eval_epochs: Vec<u64> = if w.evaluation && w.train {
-        (1..=train_epochs)
-            .filter(|e| *e >= ev.eval_after_epoch && (e - ev.eval_after_epoch).is_multiple_of(ev.epochs_between_evals))
-            .collect()
+    let eval_epochs = if w.evaluation && w.train {
+        Schedule::of(train_epochs, ev.eval_after_epoch, ev.epochs_between_evals)
     } else {
-        Vec::new()
+        Schedule::of(0, 1, 1)
     };
-    let eval =
-        phase(d.num_files_eval, d.num_subfolders_eval, config.reader.batch_size_eval, eval_epochs.len() as u64, None);
+    let eval = phase(
+        d.num_files_eval,
+        d.num_subfolders_eval,
+        config.reader.batch_size_eval,
+        eval_epochs.count,
+        None,
+        "dataset.num_files_eval",
+    )?;
+    crate::checkpoint::sizing::check_layout(config, world_size).map_err(|(path, why)| invalid(&path, why))?;
     let checkpoint = if w.checkpoint {
         let size = checkpoint_size(config, world_size).map_err(|(path, why)| invalid(&path, why))?;
         Some(checkpoint_plan(config, &train, size))
@@ -118,9 +164,10 @@ pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan,
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    let sampler = config.reader.data_loader_sampler.unwrap_or(match config.reader.data_loader {
-        DataLoader::Tensorflow => Sampler::Iterative,
-        _ => Sampler::Index,
+    let sampler = config.reader.data_loader_sampler.or(match config.reader.data_loader {
+        DataLoader::Tensorflow => Some(Sampler::Iterative),
+        DataLoader::Pytorch | DataLoader::Dali => Some(Sampler::Index),
+        _ => None,
     });
     let location = |r: Result<crate::storage::StorageUri, String>, path: &str| {
         r.map(|u| u.to_string()).map_err(|why| invalid(path, why))
@@ -154,7 +201,7 @@ fn checkpoint_plan(config: &Config, train: &PhasePlan, size: CheckpointSize) -> 
         let writes = u64::try_from(k.num_checkpoints_write).unwrap_or(0);
         return CheckpointPlan {
             trigger: "checkpoint_only",
-            epochs: Vec::new(),
+            epochs: Schedule::of(0, 1, 1),
             every_steps: None,
             writes,
             reads,
@@ -166,7 +213,7 @@ fn checkpoint_plan(config: &Config, train: &PhasePlan, size: CheckpointSize) -> 
         let writes = train.total_steps / every;
         return CheckpointPlan {
             trigger: "step",
-            epochs: Vec::new(),
+            epochs: Schedule::of(0, 1, 1),
             every_steps: Some(every),
             writes,
             reads: 0,
@@ -174,21 +221,8 @@ fn checkpoint_plan(config: &Config, train: &PhasePlan, size: CheckpointSize) -> 
             size_gib,
         };
     }
-    let epochs: Vec<u64> = (1..=train.epochs)
-        .filter(|e| {
-            *e >= k.checkpoint_after_epoch
-                && (e - k.checkpoint_after_epoch).is_multiple_of(k.epochs_between_checkpoints)
-        })
-        .collect();
-    CheckpointPlan {
-        trigger: "epoch",
-        writes: epochs.len() as u64,
-        epochs,
-        every_steps: None,
-        reads: 0,
-        size,
-        size_gib,
-    }
+    let epochs = Schedule::of(train.epochs, k.checkpoint_after_epoch, k.epochs_between_checkpoints);
+    CheckpointPlan { trigger: "epoch", writes: epochs.count, epochs, every_steps: None, reads: 0, size, size_gib }
 }
 
 #[cfg(test)]
@@ -232,7 +266,8 @@ mod tests {
             1,
         );
         let c = p.checkpoint.unwrap();
-        assert_eq!((c.trigger, c.epochs.clone(), c.writes), ("epoch", vec![5, 7, 9], 3));
+        assert_eq!((c.trigger, c.epochs, c.writes), ("epoch", Schedule { first: Some(5), every: 2, count: 3 }, 3));
+        assert!(c.epochs.contains(7) && !c.epochs.contains(8) && !c.epochs.contains(11));
         let p = planned(
             "workflow: {checkpoint: True}\ndataset: {num_files_train: 100}\ntrain: {epochs: 2}\ncheckpoint: {steps_between_checkpoints: 30}",
             1,
@@ -248,9 +283,31 @@ mod tests {
              evaluation: {eval_after_epoch: 2, epochs_between_evals: 2}",
             2,
         );
-        assert_eq!(p.eval_epochs, vec![2, 4]);
+        assert_eq!(p.eval_epochs, Schedule { first: Some(2), every: 2, count: 2 });
         assert_eq!(p.eval.steps_per_epoch, 2);
         assert_eq!(p.phases, vec!["train", "evaluation"]);
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_overflows() {
+        let cfg = load(
+            &Source::Tree {
+                name: "t".into(),
+                value: serde_yaml::from_str("dataset: {num_files_train: 9223372036854775807, num_samples_per_file: 4}")
+                    .unwrap(),
+            },
+            &[],
+            &LoadOptions::default(),
+        )
+        .unwrap()
+        .config;
+        let e = plan(&cfg, "t", 1).unwrap_err().to_string();
+        assert!(e.contains("dataset.num_files_train") && e.contains("64 bits"), "{e}");
+        let p = planned(
+            "train: {epochs: 1000000000}\nworkflow: {checkpoint: True, evaluation: True}\ndataset: {num_files_eval: 1}",
+            1,
+        );
+        assert_eq!(p.checkpoint.unwrap().epochs.count, 1_000_000_000, "schedules are described, not listed");
     }
 
     #[test]

@@ -92,7 +92,21 @@ const MALFORMED: &[(&str, &[&str], &str, &str)] = &[
     ("reader: {odirect: True}\ndataset: {data_folder: 's3://bkt/x'}", &[], "reader.odirect", "local files"),
     ("checkpoint: {compression: zstd, compression_level: 40}", &[], "checkpoint.compression_level", "1-22"),
     ("train: 5", &[], "train", "section"),
-    ("dataset: {record_length: 10, record_length_bytes: 20}", &[], "dataset.record_length", "20"),
+    (
+        "dataset: {record_length: 10, record_length_bytes: 20}",
+        &[],
+        "dataset.record_length (DLIO 2.0.0 name) is 10",
+        "20",
+    ),
+    ("[1, 2]", &["++workload.train.epochs=2"], "(top level)", "expected a mapping of sections"),
+    ("checkpoint: {ksm: {madv_mergeable_id: 12}}", &[], "checkpoint.ksm", "randomize_tensor"),
+    (
+        "dataset: {record_dims: [3, 4], hdf5: {num_dset_per_record: 2}}",
+        &[],
+        "dataset.hdf5.num_dset_per_record",
+        "record_dims[0] = 3",
+    ),
+    ("model: {transformer: {hidden_size: 99999999999}}", &[], "model.transformer.hidden_size", "at most"),
     ("{}", &["++workload.reader.batch_size=abc"], "reader.batch_size", "abc"),
     ("{}", &["workload.train.epochs=3"], "workload.train.epochs", "++workload.train.epochs"),
     ("{}", &["++workload.train.epochs=[1,2"], "workload.train.epochs", "not closed"),
@@ -142,6 +156,11 @@ fn config_files_and_config_dirs_load() {
     assert!(e.contains("'nope' not found") && e.contains("unet3d_h100"), "{e}");
     let e = load(&Source::File(dir.join("missing.yaml")), &[], &LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("missing.yaml"), "{e}");
+    let typo = LoadOptions { config_dir: Some(dir.join("no-such-dir")), ..LoadOptions::default() };
+    let e = load(&Source::Name("unet3d_h100".into()), &[], &typo).unwrap_err().to_string();
+    assert!(e.contains("no-such-dir") && e.contains("--config-dir"), "a mistyped --config-dir must not fall back: {e}");
+    let iostat = load(&tree("profiling: {iostat_devices: sda}"), &[], &LoadOptions::default()).unwrap().config;
+    assert_eq!(iostat.profiling.iostat_devices, vec!["sda".to_string()]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -178,6 +197,13 @@ fn field() -> impl Strategy<Value = (&'static str, Value)> {
         int("checkpoint.epochs_between_checkpoints", 1, 10),
         (0.01f64..1.0).prop_map(|v| ("metric.au", Value::from(v))),
         pick("storage.storage_options.endpoint_url", &["http://127.0.0.1:9000", "https://s3.example"]),
+        pick("dataset.file_prefix", &["yes", "off", "1_000", "img", "données", "a b", "~", "null", "0x1F", "-x"]),
+        pick("storage.storage_options.region", &["no", "0.5", "line\nk: no", "x: y", "'quoted'", "#hash"]),
+        pick("model.model_datatype", &["fp16", "bf16", "fp32"]),
+        int("model.parallelism.tensor", 1, 9),
+        int("model.transformer.hidden_size", 1, 1 << 24),
+        (1i64..100_000).prop_map(|v| ("checkpoint.steps_between_checkpoints", Value::from(v))),
+        (0.0f64..1e6).prop_map(|v| ("checkpoint.time_between_checkpoints", Value::from(v))),
     ]
 }
 
@@ -198,8 +224,8 @@ fn set(root: &mut Value, path: &str, value: Value) {
 fn yaml_is_read_the_same_by_yaml_1_1_readers() {
     let cfg = resolved("reader: {file_shuffle: 'off', sample_shuffle: seed}\nprofiling: {iostat_devices: ['on', sda]}");
     let text = cfg.to_yaml(false);
-    assert!(text.contains("file_shuffle: 'off'"), "{text}");
-    assert!(text.contains("- 'on'"), "{text}");
+    assert!(text.contains("file_shuffle: \"off\""), "{text}");
+    assert!(text.contains("- \"on\""), "{text}");
     let (again, _) = resolve("y", parse_yaml("y", &text).unwrap(), true).unwrap();
     assert_eq!(again, cfg);
     let tiny = resolved("train: {computation_time: 5.0e-324}\nmetric: {au: 1.0e-7}");

@@ -134,3 +134,20 @@ async fn get_stream_yields_the_whole_object() {
     assert_eq!(chunks.concat(), data);
     assert!(store.get_stream("missing").await.err().is_some_and(|e| e.is_not_found()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_follows_symlinks_and_accepts_trailing_slashes() {
+    let dir = scratch("symlinks");
+    let data = dir.join("real");
+    std::fs::create_dir_all(data.join("train")).unwrap();
+    std::fs::write(data.join("train/a.npz"), b"a").unwrap();
+    std::os::unix::fs::symlink(data.join("train/a.npz"), data.join("train/b.npz")).unwrap();
+    std::os::unix::fs::symlink(&data, data.join("train/loop")).unwrap();
+    let store = store("file", &data);
+    let keys: Vec<String> = store.list("train/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert!(keys.contains(&"train/a.npz".to_string()) && keys.contains(&"train/b.npz".to_string()), "{keys:?}");
+    assert!(keys.len() < 10, "a symlink cycle is walked once: {keys:?}");
+    assert!(open(&format!("file://{}", dir.join("absent").display()), &StorageOptions::new()).is_ok());
+    assert!(!dir.join("absent").exists(), "opening a location creates nothing");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,7 +1,8 @@
 //! The shipped workloads load under --strict and reproduce their documented derived values.
 
+use dl_driver_core::config::Distribution;
 use dl_driver_core::config::{builtin_workload_names, load, Format, LoadOptions, Source};
-use dl_driver_core::plan::{plan, Plan};
+use dl_driver_core::plan::{plan, Plan, Schedule};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -50,12 +51,43 @@ fn unet3d_h100() {
     let p = planned("unet3d_h100", 1, &[]);
     assert_eq!((p.train.files, p.train.steps_per_epoch, p.train.epochs), (168, 24, 5));
     assert_eq!(p.dataset.format, Format::Npz.to_string());
-    assert_eq!(p.data_location, "file://data/unet3d/");
+    assert_eq!(p.data_location, "data/unet3d");
     let c = p.checkpoint.expect("unet3d checkpoints");
-    assert_eq!((c.trigger, c.epochs), ("epoch", vec![5]));
+    assert_eq!((c.trigger, c.epochs), ("epoch", Schedule { first: Some(5), every: 2, count: 1 }));
     assert_eq!(c.size.total_bytes, 499_153_191);
     let p8 = planned("unet3d_h100", 8, &[]);
     assert_eq!((p8.train.samples_per_rank, p8.train.steps_per_epoch), (21, 3));
+}
+
+#[test]
+fn a100_variants_differ_only_in_compute_time() {
+    for (a100, h100, a, h) in [
+        ("unet3d_a100", "unet3d_h100", 0.636, 0.323),
+        ("resnet50_a100", "resnet50_h100", 0.435, 0.224),
+        ("cosmoflow_a100", "cosmoflow_h100", 0.00551, 0.00350),
+    ] {
+        let load_one = |name: &str| load(&Source::Name(name.into()), &[], &LoadOptions::default()).unwrap().config;
+        let (mut ca, ch) = (load_one(a100), load_one(h100));
+        assert_eq!(ca.train.computation_time, Distribution::Constant(a));
+        assert_eq!(ch.train.computation_time, Distribution::Constant(h));
+        assert_eq!(planned(a100, 1, &[]).train, planned(h100, 1, &[]).train);
+        ca.train.computation_time = ch.train.computation_time;
+        ca.reader.dont_use_mmap = ch.reader.dont_use_mmap;
+        assert_eq!(ca, ch, "{a100} vs {h100}");
+    }
+    assert_eq!(planned("cosmoflow_a100", 1, &[]).train.samples, 524_288);
+}
+
+#[test]
+fn default_and_quickstart() {
+    let p = planned("default", 1, &[]);
+    assert_eq!((p.train.files, p.train.subfolders, p.train.steps_per_epoch, p.train.epochs), (64, 2, 16, 10));
+    assert_eq!((p.eval.files, p.eval.steps_per_epoch), (8, 8));
+    assert_eq!(p.eval_epochs, Schedule { first: Some(1), every: 1, count: 10 });
+    let q = planned("quickstart", 1, &[]);
+    assert_eq!((q.train.samples, q.train.steps_per_epoch, q.train.epochs), (256, 32, 2));
+    assert_eq!(q.phases, vec!["generate", "train", "evaluation"]);
+    assert_eq!(q.data_location, "dl-driver-quickstart/data");
 }
 
 #[test]

@@ -26,7 +26,7 @@ impl RankShare {
     }
 }
 
-/// The checkpoint of one job: its rank layout and each writing rank's share.
+/// The checkpoint of one job: its rank layout and totals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckpointSize {
     pub tensor: u64,
@@ -42,153 +42,218 @@ pub struct CheckpointSize {
     pub ranks_writing: u64,
 }
 
-/// Sizes the checkpoint `world_size` processes write.
-pub fn checkpoint_size(config: &Config, world_size: u64) -> Result<CheckpointSize, (String, String)> {
-    let shares = rank_shares(config, world_size)?;
-    let par = &config.model.parallelism;
-    let (tensor, pipeline, data) = layout(config, world_size)?;
-    let model_bytes = shares.iter().map(|s| s.model_bytes).sum();
-    let optimizer_bytes = shares.iter().map(|s| s.optimizer_bytes).sum();
+/// A problem with the layout: (key path, what is wrong).
+pub type LayoutError = (String, String);
+
+fn too_large(what: &str) -> LayoutError {
+    ("model".into(), format!("the {what} does not fit in 64 bits: the model or the process count is too large"))
+}
+
+fn fit(value: u128, what: &str) -> Result<u64, LayoutError> {
+    u64::try_from(value).map_err(|_| too_large(what))
+}
+
+/// Sizes the checkpoint `world_size` processes write (totals computed per pipeline stage, not per rank, so any
+/// process count is cheap).
+pub fn checkpoint_size(config: &Config, world_size: u64) -> Result<CheckpointSize, LayoutError> {
+    let layout = Layout::new(config, world_size)?;
+    let (tp, pp) = (u128::from(layout.tensor), u128::from(layout.pipeline));
+    let mp = tp * pp;
+    let world = u128::from(world_size);
+    let optimizer_per_rank = layout.optimizer_bytes_per_rank(config);
+    let writers = if layout.transformer || config.checkpoint.location == CheckpointLocation::AllRanks {
+        world
+    } else {
+        world.min(1)
+    };
+    let mut model = 0u128;
+    let mut largest = 0u128;
+    if !layout.transformer {
+        // A simple model: every writer holds the model (and the layers of the first, fullest stage).
+        largest = layout.stage_model_bytes(config, 0);
+        model = writers * largest;
+    }
+    for stage in (0..layout.pipeline).filter(|_| layout.transformer) {
+        let first = u128::from(stage) * tp;
+        // Ranks of this stage (tp fastest, then pp, then dp) among ranks 0..world, and those with dp rank 0.
+        let in_stage = (world / mp) * tp + (world % mp).saturating_sub(first).min(tp);
+        let on_dp0 = world.saturating_sub(first).min(tp);
+        let per_rank = layout.stage_model_bytes(config, stage);
+        let (writers, bytes) =
+            if layout.zero_stage == 3 { (in_stage, per_rank / u128::from(layout.data)) } else { (on_dp0, per_rank) };
+        model += writers * bytes;
+        if writers > 0 {
+            largest = largest.max(bytes);
+        }
+    }
+    let optimizer = optimizer_per_rank * writers;
     Ok(CheckpointSize {
-        tensor,
-        pipeline,
-        data,
-        zero_stage: par.zero_stage,
-        parameters: if is_transformer(config) { transformer_parameters(config) } else { 0 },
-        model_bytes,
-        optimizer_bytes,
-        total_bytes: model_bytes + optimizer_bytes,
-        largest_rank_bytes: shares.iter().map(|s| s.total()).max().unwrap_or(0),
-        ranks_writing: shares.iter().filter(|s| s.total() > 0).count() as u64,
+        tensor: layout.tensor,
+        pipeline: layout.pipeline,
+        data: layout.data,
+        zero_stage: layout.zero_stage,
+        parameters: if layout.transformer { fit(transformer_parameters(config), "parameter count")? } else { 0 },
+        model_bytes: fit(model, "model size")?,
+        optimizer_bytes: fit(optimizer, "optimizer size")?,
+        total_bytes: fit(model + optimizer, "checkpoint size")?,
+        largest_rank_bytes: fit(largest + optimizer_per_rank, "largest rank's share")?,
+        ranks_writing: fit(writers, "rank count")?,
     })
 }
 
-/// Each rank's share, for ranks `0..world_size`.
-pub fn rank_shares(config: &Config, world_size: u64) -> Result<Vec<RankShare>, (String, String)> {
-    if !is_transformer(config) {
-        let m = &config.model;
-        let per_writer = RankShare {
-            model_bytes: m.model_size_bytes
-                + u64::try_from(m.num_layers).unwrap_or(0).min(1)
-                    * m.layer_parameters.iter().sum::<u64>()
-                    * m.model_datatype.size(),
-            optimizer_bytes: m.optimization_groups.iter().sum::<u64>() * m.optimizer_datatype.size(),
+/// DLIO's rules for `world_size` processes against tensor, pipeline and data parallelism (checked for every
+/// workload, as DLIO does).
+pub fn check_layout(config: &Config, world_size: u64) -> Result<(), LayoutError> {
+    Layout::new(config, world_size).map(drop)
+}
+
+/// What rank `rank` of `world_size` writes.
+pub fn rank_share(config: &Config, world_size: u64, rank: u64) -> Result<RankShare, LayoutError> {
+    let layout = Layout::new(config, world_size)?;
+    let (tp, mp) = (layout.tensor, layout.tensor * layout.pipeline);
+    let stage = (rank / tp) % layout.pipeline;
+    let dp_rank = rank / mp;
+    let writes = layout.transformer || config.checkpoint.location == CheckpointLocation::AllRanks || rank == 0;
+    let stage_bytes = layout.stage_model_bytes(config, stage);
+    let model = match (writes, layout.zero_stage, dp_rank) {
+        (true, 3, _) => stage_bytes / u128::from(layout.data),
+        (true, _, 0) => stage_bytes,
+        _ => 0,
+    };
+    let optimizer = if writes { layout.optimizer_bytes_per_rank(config) } else { 0 };
+    Ok(RankShare { model_bytes: fit(model, "model share")?, optimizer_bytes: fit(optimizer, "optimizer share")? })
+}
+
+/// Tensor, pipeline and data parallel degrees with DLIO's checks.
+struct Layout {
+    tensor: u64,
+    pipeline: u64,
+    data: u64,
+    zero_stage: u64,
+    transformer: bool,
+}
+
+impl Layout {
+    fn new(config: &Config, world_size: u64) -> Result<Self, LayoutError> {
+        let par = &config.model.parallelism;
+        let (tp, pp) = (par.tensor, par.pipeline);
+        let mp = tp.checked_mul(pp).ok_or_else(|| too_large("tensor * pipeline degree"))?;
+        let transformer = config.model.model_type.as_deref() == Some("transformer");
+        let data = match config.checkpoint.mode {
+            CheckpointMode::Default => {
+                if par.data > 0 {
+                    return Err((
+                        "model.parallelism.data".into(),
+                        format!(
+                            "is {} but must not be set in default checkpoint mode (it is the process count / \
+                             (tensor * pipeline)); set checkpoint.mode: subset to write one node's share of a larger job",
+                            par.data
+                        ),
+                    ));
+                }
+                if !world_size.is_multiple_of(mp) {
+                    return Err((
+                        "model.parallelism".into(),
+                        format!("{world_size} processes are not a multiple of tensor * pipeline = {tp} * {pp} = {mp}"),
+                    ));
+                }
+                world_size / mp
+            }
+            CheckpointMode::Subset => {
+                let Ok(dp) = u64::try_from(par.data) else {
+                    return Err((
+                        "model.parallelism.data".into(),
+                        "subset checkpoint mode needs the target data parallelism (model.parallelism.data >= 1)".into(),
+                    ));
+                };
+                if u128::from(dp) * u128::from(mp) < u128::from(world_size) {
+                    return Err((
+                        "model.parallelism.data".into(),
+                        format!("{world_size} processes exceed data * tensor * pipeline = {dp} * {tp} * {pp}"),
+                    ));
+                }
+                dp
+            }
         };
-        return Ok((0..world_size)
-            .map(|r| match (config.checkpoint.location, r) {
-                (CheckpointLocation::AllRanks, _) | (CheckpointLocation::RankZero, 0) => per_writer,
-                _ => RankShare { model_bytes: 0, optimizer_bytes: 0 },
-            })
-            .collect());
+        Ok(Self { tensor: tp, pipeline: pp, data: data.max(1), zero_stage: par.zero_stage, transformer })
     }
-    let (tp, pp, dp) = layout(config, world_size)?;
-    let m = &config.model;
-    let t = &m.transformer;
-    let h = t.hidden_size;
-    let mp = tp * pp;
-    let layers = u64::try_from(m.num_layers).unwrap_or(0);
-    let params = transformer_parameters(config);
-    let zero = m.parallelism.zero_stage;
-    let n = if zero > 0 { params / (dp * mp) } else { params / mp };
-    let optimizer_bytes = (3 * n + 15 * h) * m.optimizer_datatype.size();
-    let (embedding, layer, final_norm) = per_tensor_rank(config, tp);
-    Ok((0..world_size)
-        .map(|rank| {
-            let pp_rank = (rank / tp) % pp;
-            let dp_rank = rank / mp;
-            let stage_layers = layers / pp + u64::from(pp_rank < layers % pp);
-            let mut stage = stage_layers * layer;
-            if pp_rank == 0 {
-                stage += embedding;
-            }
-            if pp_rank == pp - 1 {
-                stage += final_norm + embedding;
-            }
-            let model_params = match (zero, dp_rank) {
-                (3, _) => stage / dp,
-                (_, 0) => stage,
-                _ => 0,
-            };
-            RankShare { model_bytes: model_params * m.model_datatype.size(), optimizer_bytes }
-        })
-        .collect())
+
+    /// Layers held by pipeline stage `stage` (the lowest stages take the remainder).
+    fn stage_layers(&self, config: &Config, stage: u64) -> u128 {
+        let layers = u64::try_from(config.model.num_layers).unwrap_or(0);
+        u128::from(layers / self.pipeline + u64::from(stage < layers % self.pipeline))
+    }
+
+    /// Model-state bytes one tensor-parallel rank of `stage` holds (before ZeRO-3 sharding).
+    fn stage_model_bytes(&self, config: &Config, stage: u64) -> u128 {
+        let m = &config.model;
+        let dtype = u128::from(m.model_datatype.size());
+        let layers = self.stage_layers(config, stage);
+        if !self.transformer {
+            let per_layer = u128::from(m.layer_parameters.iter().sum::<u64>()) / u128::from(self.tensor);
+            return u128::from(m.model_size_bytes) + layers * per_layer * dtype;
+        }
+        let shapes = Shapes::of(config);
+        let tp = u128::from(self.tensor);
+        let mut params = layers * shapes.layer_per_tensor_rank(tp);
+        if stage == 0 {
+            params += shapes.embedding / tp;
+        }
+        if stage == self.pipeline - 1 {
+            params += shapes.hidden + shapes.embedding / tp;
+        }
+        params * dtype
+    }
+
+    /// Optimizer-state bytes of every rank: `[n, 5h, n, 5h, n, 5h]` elements (transformer), or DLIO's int8
+    /// optimizer groups three times over (simple model).
+    fn optimizer_bytes_per_rank(&self, config: &Config) -> u128 {
+        let m = &config.model;
+        if !self.transformer {
+            return 3 * m.optimization_groups.iter().map(|g| u128::from(*g)).sum::<u128>();
+        }
+        let mp = u128::from(self.tensor) * u128::from(self.pipeline);
+        let params = transformer_parameters(config);
+        let n = if self.zero_stage > 0 { params / (u128::from(self.data) * mp) } else { params / mp };
+        (3 * n + 15 * u128::from(m.transformer.hidden_size)) * u128::from(m.optimizer_datatype.size())
+    }
 }
 
-fn is_transformer(config: &Config) -> bool {
-    config.model.model_type.as_deref() == Some("transformer")
+/// Parameter counts of a transformer's parts.
+struct Shapes {
+    hidden: u128,
+    /// One embedding (or lm_head) matrix.
+    embedding: u128,
+    /// The two norm vectors of a layer (replicated on every tensor-parallel rank).
+    norms: u128,
+    /// A layer's matrices (split by tensor parallelism): qkv, dense, the three MLP matrices.
+    matrices: u128,
 }
 
-/// (TP, PP, DP) for `world_size` processes, with DLIO's checks.
-fn layout(config: &Config, world_size: u64) -> Result<(u64, u64, u64), (String, String)> {
-    let par = &config.model.parallelism;
-    let (tp, pp) = (par.tensor, par.pipeline);
-    let mp = tp * pp;
-    if !is_transformer(config) {
-        return Ok((tp, pp, (world_size / mp).max(1)));
+impl Shapes {
+    fn of(config: &Config) -> Self {
+        let t = &config.model.transformer;
+        let h = u128::from(t.hidden_size);
+        let kv_dim = (h / u128::from(t.num_attention_heads.max(1))) * u128::from(t.num_kv_heads);
+        let ffn = u128::from(t.ffn_hidden_size);
+        Self {
+            hidden: h,
+            embedding: u128::from(t.vocab_size) * h,
+            norms: 2 * h,
+            matrices: h * (h + 2 * kv_dim) + h * h + 3 * h * ffn,
+        }
     }
-    match config.checkpoint.mode {
-        CheckpointMode::Default => {
-            if par.data > 0 {
-                return Err((
-                    "model.parallelism.data".into(),
-                    format!(
-                        "is {} but must not be set in default checkpoint mode (it is the process count / (tensor * pipeline)); \
-                         set checkpoint.mode: subset to write one node's share of a larger job",
-                        par.data
-                    ),
-                ));
-            }
-            if !world_size.is_multiple_of(mp) {
-                return Err((
-                    "model.parallelism".into(),
-                    format!("{world_size} processes are not a multiple of tensor * pipeline = {tp} * {pp} = {mp}"),
-                ));
-            }
-            Ok((tp, pp, world_size / mp))
-        }
-        CheckpointMode::Subset => {
-            let Ok(dp) = u64::try_from(par.data) else {
-                return Err((
-                    "model.parallelism.data".into(),
-                    "subset checkpoint mode needs the target data parallelism (model.parallelism.data >= 1)".into(),
-                ));
-            };
-            if dp * mp < world_size {
-                return Err((
-                    "model.parallelism.data".into(),
-                    format!(
-                        "{world_size} processes exceed data * tensor * pipeline = {dp} * {tp} * {pp} = {}",
-                        dp * mp
-                    ),
-                ));
-            }
-            Ok((tp, pp, dp))
-        }
+
+    fn layer_per_tensor_rank(&self, tp: u128) -> u128 {
+        self.norms + self.matrices / tp
     }
 }
 
 /// Parameters of the whole transformer (norms counted once).
-pub fn transformer_parameters(config: &Config) -> u64 {
-    let t = &config.model.transformer;
-    let h = t.hidden_size;
-    let kv_dim = (h / t.num_attention_heads.max(1)) * t.num_kv_heads;
-    let layer = 2 * h + h * (h + 2 * kv_dim) + h * h + 3 * h * t.ffn_hidden_size;
-    let layers = u64::try_from(config.model.num_layers).unwrap_or(0);
-    2 * t.vocab_size * h + layers * layer + h
-}
-
-/// Parameters one tensor-parallel rank holds: (embedding or lm_head, one layer, final norm).
-fn per_tensor_rank(config: &Config, tp: u64) -> (u64, u64, u64) {
-    let t = &config.model.transformer;
-    let h = t.hidden_size;
-    let kv_dim = (h / t.num_attention_heads.max(1)) * t.num_kv_heads;
-    let embedding = (t.vocab_size / tp) * h;
-    let layer = 2 * h
-        + (h / tp) * (h + 2 * kv_dim)
-        + h * (h / tp)
-        + h * (2 * t.ffn_hidden_size / tp)
-        + (t.ffn_hidden_size / tp) * h;
-    (embedding, layer, h)
+pub fn transformer_parameters(config: &Config) -> u128 {
+    let s = Shapes::of(config);
+    let layers = u128::from(u64::try_from(config.model.num_layers).unwrap_or(0));
+    2 * s.embedding + layers * (s.norms + s.matrices) + s.hidden
 }
 
 #[cfg(test)]
@@ -237,15 +302,27 @@ mod tests {
             );
             assert!((gib(s.total_bytes) - total).abs() < 0.01, "total {} vs {total}", gib(s.total_bytes));
         }
-        assert_eq!(transformer_parameters(&llama(4096, 32, 14336, 32, 8, 1, 1, 3)), 8_030_261_248);
+        assert_eq!(transformer_parameters(&llama(4096, 32, 14336, 32, 8, 1, 1, 3)), 8_030_261_248u128);
     }
 
     #[test]
     fn zero1_writes_model_state_on_data_parallel_rank_zero_only() {
         let cfg = llama(4096, 32, 14336, 32, 8, 2, 1, 1);
-        let shares = rank_shares(&cfg, 8).unwrap();
+        let shares: Vec<RankShare> = (0..8).map(|r| rank_share(&cfg, 8, r).unwrap()).collect();
         assert!(shares[..2].iter().all(|s| s.model_bytes > 0));
         assert!(shares[2..].iter().all(|s| s.model_bytes == 0 && s.optimizer_bytes > 0));
+        let total = checkpoint_size(&cfg, 8).unwrap().total_bytes;
+        assert_eq!(shares.iter().map(|s| s.total()).sum::<u64>(), total, "per-rank shares add up to the total");
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_overflows() {
+        // The largest shape validation allows: the sizes are computed exactly and reported as too large for u64.
+        let cfg = llama(1 << 24, 1 << 20, 1 << 24, 1 << 16, 1 << 16, 1, 1, 3);
+        let (_, why) = checkpoint_size(&cfg, 8).unwrap_err();
+        assert!(why.contains("too large"), "{why}");
+        let small = llama(4096, 32, 14336, 32, 8, 1, 1, 3);
+        assert_eq!(checkpoint_size(&small, 1 << 40).unwrap().ranks_writing, 1 << 40, "no per-rank allocation");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub fn normalize(source_name: &str, root: &mut Value) -> Result<(), ConfigError>
             _ => put(top, new, value),
         }
     }
+    // DLIO wraps a single device name in a list.
+    if let Some(device @ Value::String(_)) = get(top, "profiling.iostat_devices").cloned() {
+        put(top, "profiling.iostat_devices", Value::Sequence(vec![device]));
+    }
     // YAML 1.1 readers (PyYAML, OmegaConf) turn a bare `off` into false: accept it as the shuffle mode it was.
     for key in ["reader.file_shuffle", "reader.sample_shuffle"] {
         if get(top, key) == Some(&Value::Bool(false)) {

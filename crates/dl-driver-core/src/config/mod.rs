@@ -3,6 +3,7 @@
 
 mod dialect;
 mod distribution;
+mod emit;
 mod error;
 mod overrides;
 mod schema;
@@ -69,6 +70,13 @@ pub fn load_with(source: &Source, parsed: &[Override], options: &LoadOptions) ->
     };
     if raw.is_null() {
         raw = Value::Mapping(serde_yaml::Mapping::new());
+    }
+    if !raw.is_mapping() {
+        return Err(ConfigError::invalid(
+            &source_name,
+            "(top level)",
+            format!("expected a mapping of sections (model, dataset, reader, ...), got {}", error::show(&raw)),
+        ));
     }
     let mut hydra_run_dir = None;
     for o in parsed {
@@ -207,7 +215,6 @@ fn friendly_serde_message(message: &str) -> String {
         ("expected f64", "expected a number"),
         ("expected a boolean", "expected true or false"),
         ("expected a sequence", "expected a list"),
-        ("expected a string", "expected a string"),
     ] {
         m = m.replace(rust, plain);
     }

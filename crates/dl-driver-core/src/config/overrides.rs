@@ -91,6 +91,10 @@ impl Override {
 
     /// The override as written, with the value hidden when the key holds a credential.
     pub fn redacted_text(&self) -> String {
+        if super::schema::contains_secret(&self.value) {
+            let key = self.text.split_once('=').map_or(self.text.as_str(), |(k, _)| k);
+            return format!("{key}=***");
+        }
         redact(&self.text)
     }
 
@@ -141,9 +145,15 @@ impl Override {
 }
 
 /// Hides the value of `key=value` when the key names a credential.
+/// Hides the value of `key=value` when the key names a credential or the value text mentions one (a dict).
 fn redact(text: &str) -> String {
     match text.split_once('=') {
-        Some((key, _)) if super::schema::is_secret_key(key.rsplit('.').next().unwrap_or(key)) => format!("{key}=***"),
+        Some((key, value))
+            if super::schema::is_secret_key(key.rsplit('.').next().unwrap_or(key))
+                || value.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(super::schema::is_secret_key) =>
+        {
+            format!("{key}=***")
+        }
         _ => text.to_string(),
     }
 }
@@ -429,6 +439,19 @@ mod tests {
             let e = Override::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn never_shows_credentials_inside_dict_values() {
+        let text = "++workload.storage.storage_options={region: x, secret_access_key: s3cr3t}";
+        assert_eq!(Override::parse(text).unwrap().redacted_text(), "++workload.storage.storage_options=***");
+        let broken = "++workload.storage.storage_options={secret_access_key: s3cr3t";
+        assert!(!Override::parse(broken).unwrap_err().to_string().contains("s3cr3t"));
+        let typed: Value = serde_yaml::from_str("{account_key: s3cr3t}").unwrap();
+        let o = Override::force("storage.storage_options", typed).unwrap();
+        assert!(!o.redacted_text().contains("s3cr3t"));
+        assert!(super::super::schema::is_secret_key("azure_storage_master_key"));
+        assert!(!super::super::schema::is_secret_key("region"));
     }
 
     #[test]

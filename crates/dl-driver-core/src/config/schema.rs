@@ -525,22 +525,6 @@ impl Default for Metric {
     }
 }
 
-/// Plain scalars that YAML 1.1 reads as booleans but YAML 1.2 reads as strings.
-fn is_yaml11_bool_word(scalar: &str) -> bool {
-    matches!(scalar.to_ascii_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off")
-}
-
-/// A float like `1e-7` or `-5E+3`: an exponent but no dot.
-fn is_dotless_exponent(scalar: &str) -> bool {
-    let Some((mantissa, exponent)) = scalar.split_once(['e', 'E']) else { return false };
-    let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
-    let exponent = exponent.strip_prefix(['-', '+']).unwrap_or(exponent);
-    !mantissa.is_empty()
-        && mantissa.bytes().all(|b| b.is_ascii_digit())
-        && !exponent.is_empty()
-        && exponent.bytes().all(|b| b.is_ascii_digit())
-}
-
 /// Keys whose values are free-form maps: their contents are not checked against the schema.
 pub const FREE_FORM_KEYS: &[&str] = &["storage.storage_options", "checkpoint.ksm"];
 
@@ -550,44 +534,27 @@ pub const TIME_KEYS: &[&str] = &["train.computation_time", "evaluation.eval_time
 /// Option keys whose values are credentials and are shown as `***`.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["secret", "password", "token", "sas", "account_key", "access_key", "connection_string", "credential"]
-        .iter()
-        .any(|s| k.contains(s))
+    k.ends_with("key")
+        || ["secret", "password", "token", "sas", "access_key", "connection_string", "credential"]
+            .iter()
+            .any(|s| k.contains(s))
+}
+
+/// Whether a value holds credentials anywhere in it (a mapping with a secret key, at any depth).
+pub fn contains_secret(value: &Value) -> bool {
+    match value {
+        Value::Mapping(map) => map.iter().any(|(k, v)| k.as_str().is_some_and(is_secret_key) || contains_secret(v)),
+        Value::Sequence(items) => items.iter().any(contains_secret),
+        Value::Tagged(t) => contains_secret(&t.value),
+        _ => false,
+    }
 }
 
 impl Config {
-    /// The canonical YAML text of this config, credentials shown as `***` when `redact`.
-    ///
-    /// Strings that YAML 1.1 readers (PyYAML, OmegaConf: what DLIO and MLPerf tools use) would take for booleans,
-    /// like `off`, are quoted, so every reader sees the same values.
+    /// The canonical YAML text of this config, credentials shown as `***` when `redact`; readers of YAML 1.1
+    /// (PyYAML, OmegaConf) and 1.2 read the same values from it.
     pub fn to_yaml(&self, redact: bool) -> String {
-        let value = if redact { self.to_redacted_value() } else { self.to_value() };
-        let text = serde_yaml::to_string(&value).expect("a Config always serializes");
-        let mut out = String::with_capacity(text.len() + 16);
-        for line in text.lines() {
-            let scalar_at = match line.rsplit_once(": ") {
-                Some((key, _)) => Some(key.len() + 2),
-                None => line.trim_start().strip_prefix("- ").map(|v| line.len() - v.len()),
-            };
-            match scalar_at {
-                Some(at) if is_yaml11_bool_word(&line[at..]) => {
-                    out.push_str(&line[..at]);
-                    out.push('\'');
-                    out.push_str(&line[at..]);
-                    out.push('\'');
-                }
-                // YAML 1.1 floats need a dot: `5e-324` would be read as a string, `5.0e-324` is a float.
-                Some(at) if is_dotless_exponent(&line[at..]) => {
-                    let exponent = line[at..].find(['e', 'E']).expect("checked") + at;
-                    out.push_str(&line[..exponent]);
-                    out.push_str(".0");
-                    out.push_str(&line[exponent..]);
-                }
-                _ => out.push_str(line),
-            }
-            out.push('\n');
-        }
-        out
+        super::emit::to_yaml(&if redact { self.to_redacted_value() } else { self.to_value() })
     }
 
     /// The canonical YAML tree of this config.

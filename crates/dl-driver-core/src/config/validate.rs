@@ -252,9 +252,11 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
     if c.workflow.checkpoint && !c.workflow.train && k.num_checkpoints_write < 1 {
         return err(
             "checkpoint.num_checkpoints_write",
-            "checkpoint-only mode (workflow.train false, workflow.checkpoint true) writes num_checkpoints_write \
-             checkpoints; got {}, expected >= 1"
-                .replace("{}", &k.num_checkpoints_write.to_string()),
+            format!(
+                "checkpoint-only mode (workflow.train false, workflow.checkpoint true) writes num_checkpoints_write \
+                 checkpoints; got {}, expected >= 1",
+                k.num_checkpoints_write
+            ),
         );
     }
     if k.num_checkpoints_write < -1 || k.num_checkpoints_read < -1 {
@@ -265,6 +267,24 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
                 k.num_checkpoints_write, k.num_checkpoints_read
             ),
         );
+    }
+    if k.ksm.is_some() && k.randomize_tensor {
+        return err(
+            "checkpoint.ksm",
+            "kernel same-page merging needs identical tensors: set checkpoint.randomize_tensor: false (DLIO's rule)"
+                .into(),
+        );
+    }
+    if let Some(first) = c.dataset.record_dims.first() {
+        if !first.is_multiple_of(c.dataset.hdf5.num_dset_per_record) {
+            return err(
+                "dataset.hdf5.num_dset_per_record",
+                format!(
+                    "{} does not divide record_dims[0] = {first} (DLIO splits the first dimension over the datasets)",
+                    c.dataset.hdf5.num_dset_per_record
+                ),
+            );
+        }
     }
     if c.reader.data_loader_classname.is_some() && c.reader.data_loader_sampler.is_none() {
         return err(
@@ -277,6 +297,20 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
         return err("checkpoint.checkpoint_folder", problem);
     }
     let t = &model.transformer;
+    for (path, v, max) in [
+        ("model.transformer.hidden_size", t.hidden_size, 1 << 24),
+        ("model.transformer.ffn_hidden_size", t.ffn_hidden_size, 1 << 24),
+        ("model.transformer.vocab_size", t.vocab_size, 1 << 32),
+        ("model.transformer.num_attention_heads", t.num_attention_heads, 1 << 16),
+        ("model.transformer.num_kv_heads", t.num_kv_heads, 1 << 16),
+        ("model.num_layers", u64::try_from(model.num_layers).unwrap_or(0), 1 << 20),
+        ("model.parallelism.tensor", par.tensor, 1 << 20),
+        ("model.parallelism.pipeline", par.pipeline, 1 << 20),
+    ] {
+        if v > max {
+            return err(path, format!("got {v}, expected at most {max}"));
+        }
+    }
     if model.model_type.as_deref() == Some("transformer") {
         for (path, v) in [
             ("model.transformer.hidden_size", t.hidden_size),

@@ -25,6 +25,12 @@ pub fn find(name: &str, config_dir: Option<&Path>) -> Result<(String, Value), Co
     }
     let mut searched = Vec::new();
     if let Some(dir) = config_dir {
+        if !dir.is_dir() {
+            return Err(ConfigError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "--config-dir is not a directory"),
+            });
+        }
         let path = dir.join("workload").join(format!("{name}.yaml"));
         if path.is_file() {
             let source = path.display().to_string();

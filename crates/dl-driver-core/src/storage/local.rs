@@ -5,6 +5,7 @@
 //! to [`ALIGN`]: reads are widened to aligned bounds, and a tail that is not a multiple of the block size is written
 //! padded and then truncated to the real size.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
@@ -43,23 +44,9 @@ impl std::fmt::Display for LocalStore {
 }
 
 impl LocalStore {
-    /// A store rooted at `root` (created if missing); `direct` selects O_DIRECT for data transfers.
-    pub fn new(root: PathBuf, direct: bool) -> io::Result<Self> {
-        fs::create_dir_all(&root)?;
-        let store = Self { root, direct };
-        if direct {
-            store.probe_direct()?;
-        }
-        Ok(store)
-    }
-
-    /// Fails early, with the OS's reason, when the filesystem refuses O_DIRECT.
-    fn probe_direct(&self) -> io::Result<()> {
-        let probe = self.root.join(format!(".dl-driver-odirect-probe-{}", std::process::id()));
-        let result =
-            OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&probe);
-        let _ = fs::remove_file(&probe);
-        result.map(drop)
+    /// A store rooted at `root` (nothing is created until something is written); `direct` selects O_DIRECT.
+    pub fn new(root: PathBuf, direct: bool) -> Self {
+        Self { root, direct }
     }
 
     pub fn root(&self) -> &FsPath {
@@ -77,7 +64,7 @@ impl LocalStore {
         if self.direct {
             options.custom_flags(libc::O_DIRECT);
         }
-        options.open(path)
+        options.open(path).map_err(|e| refused_direct(e, self.direct, path))
     }
 
     /// Reads `range` (whole object when `None`) of `location` into `buf`, reusing its memory; returns the object size.
@@ -92,8 +79,9 @@ impl LocalStore {
         let path = self.path_of(location);
         let file = self.open_read(&path)?;
         let size = file.metadata()?.len();
-        let range = range.unwrap_or(0..size);
-        if range.start > range.end || range.end > size {
+        // Like S3, a range reaching past the end is cut at the end; one starting past it is an error.
+        let range = range.map_or(0..size, |r| r.start..r.end.min(size));
+        if range.start > range.end {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("range {}..{} is outside the object of {size} bytes", range.start, range.end),
@@ -157,8 +145,14 @@ impl LocalStore {
     fn walk(&self, prefix: Option<&Path>) -> io::Result<Vec<ObjectMeta>> {
         let start = prefix.map_or_else(|| self.root.clone(), |p| self.path_of(p));
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         let mut pending = vec![start];
         while let Some(dir) = pending.pop() {
+            // Symlinked folders are followed, once each (a link cycle ends here).
+            match fs::metadata(&dir) {
+                Ok(m) if !seen.insert((m.dev(), m.ino())) => continue,
+                _ => {}
+            }
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => continue,
@@ -170,7 +164,7 @@ impl LocalStore {
                 if is_hidden_temp(&name.to_string_lossy()) {
                     continue;
                 }
-                let metadata = entry.metadata()?;
+                let Ok(metadata) = fs::metadata(entry.path()) else { continue }; // follows symlinks; skips dangling ones
                 if metadata.is_dir() {
                     pending.push(entry.path());
                 } else if metadata.is_file() {
@@ -189,7 +183,19 @@ impl LocalStore {
     }
 }
 
-/// Our temporary files and probes are hidden from listings.
+/// The error for a filesystem that refuses O_DIRECT (EINVAL at open), saying so.
+fn refused_direct(error: io::Error, direct: bool, path: &FsPath) -> io::Error {
+    if direct && error.raw_os_error() == Some(libc::EINVAL) {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the filesystem of {} refuses O_DIRECT ({error}); use file:// for this location", path.display()),
+        )
+    } else {
+        error
+    }
+}
+
+/// Our temporary files are hidden from listings.
 fn is_hidden_temp(name: &str) -> bool {
     name.starts_with(".dl-driver-")
 }
@@ -220,7 +226,7 @@ impl TempWriter {
         if direct {
             options.custom_flags(libc::O_DIRECT);
         }
-        let file = options.open(&temp)?;
+        let file = options.open(&temp).map_err(|e| refused_direct(e, direct, &temp))?;
         if let Err(e) = file.try_lock() {
             return Err(match e {
                 fs::TryLockError::WouldBlock => io::Error::new(
@@ -472,7 +478,7 @@ impl ObjectStore for LocalStore {
                     continue;
                 }
                 let Some(location) = this.location_of(&entry.path()) else { continue };
-                let metadata = entry.metadata()?;
+                let Ok(metadata) = fs::metadata(entry.path()) else { continue };
                 if metadata.is_dir() {
                     result.common_prefixes.push(location);
                 } else if metadata.is_file() {

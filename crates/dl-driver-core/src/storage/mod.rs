@@ -58,14 +58,7 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
             reject_backend_options(&shown, options, "local files")?;
             let root = std::path::absolute(&uri.path).map_err(|e| StorageError::from_io(&shown, "resolving", &e))?;
             let direct = uri.scheme == Scheme::Direct;
-            let store = LocalStore::new(root.clone(), direct).map_err(|e| {
-                if direct && e.raw_os_error() == Some(libc::EINVAL) {
-                    StorageError::DirectUnsupported { path: root.display().to_string(), source: e }
-                } else {
-                    StorageError::from_io(&shown, "opening", &e)
-                }
-            })?;
-            let store = Arc::new(store);
+            let store = Arc::new(LocalStore::new(root, direct));
             (store.clone(), Some(store), Path::default())
         }
         Scheme::Memory => {
@@ -76,8 +69,13 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
             let mut b = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
             let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
             for (key, value) in backend_options(options) {
+                // DLIO's `s3_force_path_style: true` means path-style requests (object_store's default); `false`
+                // only stops forcing it, so it changes nothing.
                 let (key, value) = match key {
-                    "s3_force_path_style" => ("aws_virtual_hosted_style_request", negate(&shown, key, value)?),
+                    "s3_force_path_style" if parse_bool(&shown, key, value)? => {
+                        ("aws_virtual_hosted_style_request", "false".into())
+                    }
+                    "s3_force_path_style" => continue,
                     other => (other, value.to_string()),
                 };
                 let parsed: AmazonS3ConfigKey = key.parse().map_err(|_| unknown_option(&shown, key))?;
@@ -147,10 +145,10 @@ fn unknown_option(uri: &str, key: &str) -> StorageError {
     }
 }
 
-fn negate(uri: &str, key: &str, value: &str) -> Result<String, StorageError> {
+fn parse_bool(uri: &str, key: &str, value: &str) -> Result<bool, StorageError> {
     match value.to_ascii_lowercase().as_str() {
-        "true" | "1" => Ok("false".into()),
-        "false" | "0" => Ok("true".into()),
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
         _ => Err(StorageError::Option {
             uri: uri.into(),
             key: key.into(),
@@ -184,7 +182,7 @@ impl Store {
     }
 
     fn location(&self, key: &str) -> Result<Path, StorageError> {
-        let key = key.trim_start_matches('/');
+        let key = key.trim_matches('/');
         let relative = key_path(&self.uri.to_string(), key)?;
         Ok(if self.prefix.as_ref().is_empty() {
             relative
@@ -411,6 +409,18 @@ pub struct Writer {
     store: Store,
     key: String,
     written: u64,
+}
+
+/// A writer dropped before `finish` (an error upstream, a cancelled call) aborts its upload, so object stores keep
+/// no orphaned multipart uploads and local stores no temporary files.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let (Some(upload), Ok(runtime)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = upload.abort().await;
+            });
+        }
+    }
 }
 
 impl Writer {

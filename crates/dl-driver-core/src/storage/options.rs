@@ -54,7 +54,7 @@ impl StorageOptions {
                 serde_yaml::Value::String(s) => s.clone(),
                 serde_yaml::Value::Bool(b) => b.to_string(),
                 serde_yaml::Value::Number(n) => n.to_string(),
-                other => return Err(format!("option '{key}' must be a string, number or boolean, got {other:?}")),
+                _ => return Err(format!("option '{key}' must be a string, number or boolean, got a list or mapping")),
             };
             options.insert(key, value);
         }
@@ -65,9 +65,17 @@ impl StorageOptions {
         self.entries.get(key).map(String::as_str)
     }
 
-    /// The values of keys that name credentials, to be scrubbed from every message.
+    /// The values of options and of `AWS_*`/`AZURE_*`/`GOOGLE_*` variables that name credentials, to be scrubbed
+    /// from every message.
     pub fn secrets(&self) -> Vec<String> {
-        self.entries.iter().filter(|(k, _)| is_secret_key(k)).map(|(_, v)| v.clone()).collect()
+        let from_env = std::env::vars()
+            .filter(|(k, _)| ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| k.starts_with(p)) && is_secret_key(k));
+        self.entries
+            .iter()
+            .filter(|(k, _)| is_secret_key(k))
+            .map(|(_, v)| v.clone())
+            .chain(from_env.map(|(_, v)| v))
+            .collect()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -164,7 +172,7 @@ pub fn is_loopback_http(endpoint: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.split(':').next().unwrap_or(""),
     };
-    host == "localhost" || host == "::1" || host.starts_with("127.")
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -196,12 +204,17 @@ mod tests {
         assert!(is_loopback_http("http://[::1]:9000/"));
         assert!(!is_loopback_http("https://127.0.0.1:9000"));
         assert!(!is_loopback_http("http://10.0.0.1:9000"));
+        assert!(!is_loopback_http("http://127.evil.example:9000"));
     }
 
     #[test]
     fn secrets_are_collected() {
         let mut o = StorageOptions::new();
         o.insert("secret_access_key", "abcd1234").insert("region", "us-east-1");
-        assert_eq!(o.secrets(), vec!["abcd1234".to_string()]);
+        let secrets = o.secrets();
+        assert!(
+            secrets.contains(&"abcd1234".to_string()) && !secrets.contains(&"us-east-1".to_string()),
+            "{secrets:?}"
+        );
     }
 }

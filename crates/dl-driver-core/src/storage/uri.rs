@@ -54,7 +54,7 @@ impl StorageUri {
             if text.is_empty() {
                 return Err("expected a path or a URI, got an empty string".into());
             }
-            return Ok(Self { scheme: Scheme::File, bucket: String::new(), path: text.to_string() });
+            return Ok(Self { scheme: Scheme::File, bucket: String::new(), path: trim_local(text) });
         };
         let scheme = match scheme_text {
             "file" => Scheme::File,
@@ -74,7 +74,7 @@ impl StorageUri {
             if rest.is_empty() && scheme != Scheme::Memory {
                 return Err(format!("'{text}' has no path after {}", scheme.prefix()));
             }
-            return Ok(Self { scheme, bucket: String::new(), path: rest.to_string() });
+            return Ok(Self { scheme, bucket: String::new(), path: trim_local(rest) });
         }
         let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
         check_bucket(bucket).map_err(|why| format!("'{text}': {why}"))?;
@@ -94,6 +94,16 @@ impl StorageUri {
             (false, false) => format!("{}/{child}", self.path.trim_end_matches('/')),
         };
         Self { path, ..self.clone() }
+    }
+}
+
+/// A local path without trailing slashes (as DLIO strips them), keeping `/` itself.
+fn trim_local(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() && path.starts_with('/') {
+        "/".into()
+    } else {
+        trimmed.to_string()
     }
 }
 
@@ -117,6 +127,8 @@ impl fmt::Display for StorageUri {
                 write!(f, "{}{}", self.scheme.prefix(), self.bucket)
             }
             Scheme::S3 | Scheme::Az | Scheme::Gs => write!(f, "{}{}/{}", self.scheme.prefix(), self.bucket, self.path),
+            // A relative local path has no URI form (`file://data` would name host `data`): show it bare.
+            Scheme::File if !self.path.starts_with('/') => f.write_str(&self.path),
             _ => write!(f, "{}{}", self.scheme.prefix(), self.path),
         }
     }
