@@ -36,7 +36,7 @@ def test_npz_files_load_in_numpy_with_dlio_names_and_shapes(tmp_path: Path) -> N
     for i in range(4):
         with np.load(tmp_path / "data" / "train" / str(i % 2) / f"img_{i}_of_4.npz") as f:
             assert f["x"].shape == (*shapes[i], 3) and f["x"].dtype == np.uint8
-            assert f["y"].shape == (3,) and not f["y"].any()
+            assert f["y"].shape == (3,) and f["y"].dtype == np.int64 and not f["y"].any()
             assert len(np.unique(f["x"])) > 200, "random bytes"
     with np.load(tmp_path / "data" / "valid" / "img_1_of_2.npz") as f:
         assert f["x"].shape == (*shapes[5], 3), "eval shapes continue after the train files"
@@ -124,3 +124,101 @@ def test_generate_command_reports_and_rejects_bad_input(cli, tmp_path: Path) -> 
     assert "generated 2 files (0 already present)" in out.stdout
     out = cli("generate", "workload=default", "--rank", "3", "--world-size", "2")
     assert out.returncode == 2 and "rank 3" in out.stderr
+
+
+def dataset(tmp_path: Path, fmt: str, **extra: object) -> Path:
+    loader = "tensorflow" if fmt == "tfrecord" else "pytorch"
+    base = {"framework": loader, "reader": {"data_loader": loader}}
+    overrides = {"dataset.format": fmt, "dataset.data_folder": str(tmp_path / fmt), "dataset.num_files_train": 3,
+                 "dataset.num_files_eval": 1, "dataset.num_samples_per_file": 4, "dataset.record_length_bytes": 40_000,
+                 "dataset.record_length_bytes_stdev": 8_000, **extra}
+    dl_driver.generate(dl_driver.load_dlio_config(base, overrides))
+    return tmp_path / fmt
+
+
+def test_hdf5_opens_in_h5py(tmp_path: Path) -> None:
+    import h5py
+
+    root = dataset(tmp_path, "hdf5", **{"dataset.record_element_type": "float32"})
+    shapes = numpy_shapes(40_000, 8_000, 4)
+    for i in range(3):
+        with h5py.File(root / "train" / f"img_{i}_of_3.hdf5", "r") as f:
+            assert set(f) == {"records_0", "labels"}
+            assert f["records_0"].shape == (4, *shapes[i]) and f["records_0"].dtype == np.float32
+            assert f["labels"].shape == (4,) and f["labels"].dtype == np.int64 and not f["labels"][:].any()
+            assert f["records_0"][2].shape == shapes[i], "a sample slice reads"
+    root = dataset(tmp_path / "multi", "hdf5", **{"dataset.record_dims": [6, 5], "dataset.record_length_bytes_stdev": 0,
+                                                  "dataset.hdf5.num_dset_per_record": 3})
+    with h5py.File(root / "valid" / "img_0_of_1.hdf5", "r") as f:
+        assert [f[f"records_{k}"].shape for k in range(3)] == [(4, 2, 5)] * 3
+
+
+def test_images_open_in_pillow(tmp_path: Path) -> None:
+    from PIL import Image
+
+    shapes = numpy_shapes(40_000, 8_000, 4)
+    for fmt in ("png", "jpeg"):
+        root = dataset(tmp_path, fmt)
+        for i in range(3):
+            with Image.open(root / "train" / f"img_{i}_of_3.{fmt}") as image:
+                image.load()
+                assert (image.mode, image.size) == ("L", (shapes[i][1], shapes[i][0]))
+
+
+def test_csv_reads_in_numpy(tmp_path: Path) -> None:
+    import gzip
+
+    shapes = numpy_shapes(40_000, 8_000, 4)
+    root = dataset(tmp_path, "csv")
+    rows = np.loadtxt(root / "train" / "img_1_of_3.csv", delimiter=",", dtype=np.int64)
+    assert rows.shape == (4, shapes[1][0] * shapes[1][1])
+    assert (rows == rows[0]).all() and rows.min() >= 0 and rows.max() <= 255, "identical rows of byte values, as DLIO"
+    root = dataset(tmp_path / "gz", "csv", **{"dataset.compression": "gzip"})
+    with gzip.open(root / "train" / "img_0_of_3.csv.gz", "rt") as f:
+        assert len(f.read().splitlines()) == 4
+
+
+def test_indexed_binary_offsets_and_sizes(tmp_path: Path) -> None:
+    shapes = numpy_shapes(40_000, 8_000, 4)
+    for fmt in ("indexed_binary", "mmap_indexed_binary"):
+        root = dataset(tmp_path, fmt)
+        data = root / "train" / f"img_2_of_3.{fmt}"
+        sample = shapes[2][0] * shapes[2][1]
+        offsets = np.fromfile(f"{data}.off.idx", dtype="<u8")
+        sizes = np.fromfile(f"{data}.sz.idx", dtype="<u8")
+        assert offsets.tolist() == [k * sample for k in range(4)] and sizes.tolist() == [sample] * 4
+        assert data.stat().st_size == 4 * sample
+
+
+def test_npz_compressed_and_synthetic(tmp_path: Path) -> None:
+    root = dataset(tmp_path, "npz", **{"dataset.compression": "zip", "dataset.compress_ratio": 4.0})
+    path = root / "train" / "img_0_of_3.npz"
+    with np.load(path) as f:
+        x = f["x"]
+        assert x.shape[-1] == 4
+    assert path.stat().st_size < x.nbytes / 2, "deflated members of 4x-compressible data"
+    root = dataset(tmp_path, "synthetic")
+    assert (root / "train" / "img_1_of_3.synthetic").read_text() == "1", "DLIO's placeholder holds the file index"
+
+
+def test_tfrecord_parses_in_tensorflow_and_index_matches(tmp_path: Path) -> None:
+    import tensorflow as tf
+    shapes = numpy_shapes(40_000, 8_000, 4)
+    root = dataset(tmp_path, "tfrecord")
+    path = root / "train" / "img_1_of_3.tfrecord"
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "size": tf.io.FixedLenFeature([1], tf.int64)}
+    records = list(tf.data.TFRecordDataset(str(path)))
+    assert len(records) == 4
+    for raw in records:
+        example = tf.io.parse_single_example(raw, spec)
+        assert len(example["image"].numpy()) == shapes[1][0] * shapes[1][1]
+        assert int(example["size"][0]) == shapes[1][0] * shapes[1][1]
+    lines = (root / "index" / "train" / "img_1_of_3.tfrecord.idx").read_text().splitlines()
+    blob = path.read_bytes()
+    offset = 0
+    for line in lines:
+        start, length = map(int, line.split())
+        (record_len,) = np.frombuffer(blob[start : start + 8], dtype="<u8")
+        assert start == offset and length == 8 + 4 + int(record_len) + 4
+        offset += length
+    assert offset == len(blob) and len(lines) == 4

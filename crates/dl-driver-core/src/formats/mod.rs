@@ -1,11 +1,15 @@
-//! Dataset formats: one module per format, each writing a file's bytes front to back into a [`Sink`] so files of any
-//! size stream with bounded memory. Small companion files (indexes) are returned whole.
+//! Dataset formats: one module per container, each writing a file's bytes front to back into a [`Sink`] so files of
+//! any size stream with bounded memory. Small companion files (indexes) are returned whole. What each format holds
+//! follows DLIO's generators (dlio.md §2): the sample axis is last in npz/npy and first in hdf5.
 
+pub mod hdf5;
 pub mod npy;
+pub mod tfrecord;
 
-use std::io;
+use std::fmt::Write as _;
+use std::io::{self, Write};
 
-use crate::config::{Config, Format};
+use crate::config::{Compression, Config, Format};
 use crate::generate::data::SampleBytes;
 use crate::generate::layout::FileSpec;
 
@@ -24,6 +28,28 @@ pub struct Companion {
 /// Chunk in which sample bytes are produced and handed to the sink.
 const CHUNK: usize = 4 * 1024 * 1024;
 
+/// numpy's `descr` and the element size of a `dataset.record_element_type`.
+pub fn element(type_name: &str) -> (&'static str, u64) {
+    match type_name {
+        "int8" => ("|i1", 1),
+        "uint16" => ("<u2", 2),
+        "int16" => ("<i2", 2),
+        "uint32" => ("<u4", 4),
+        "int32" => ("<i4", 4),
+        "uint64" => ("<u8", 8),
+        "int64" => ("<i8", 8),
+        "float16" => ("<f2", 2),
+        "float32" => ("<f4", 4),
+        "float64" => ("<f8", 8),
+        _ => ("|u1", 1),
+    }
+}
+
+/// Bytes of one sample of `spec`.
+pub fn sample_bytes(config: &Config, spec: &FileSpec) -> u64 {
+    spec.shape.iter().product::<u64>() * element(&config.dataset.record_element_type).1
+}
+
 /// Streams `len` sample bytes into `write`.
 fn stream_samples(data: &mut SampleBytes, len: u64, mut write: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
     let mut chunk = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
@@ -37,6 +63,10 @@ fn stream_samples(data: &mut SampleBytes, len: u64, mut write: impl FnMut(&[u8])
     Ok(())
 }
 
+fn unsupported(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, what)
+}
+
 /// Writes one dataset file of `config`'s format into `sink`; returns its companion files.
 pub fn write_file(
     config: &Config,
@@ -44,32 +74,136 @@ pub fn write_file(
     data: &mut SampleBytes,
     sink: &mut dyn Sink,
 ) -> io::Result<Vec<Companion>> {
-    let (d1, d2) = spec.shape;
+    let d = &config.dataset;
     let samples = spec.samples;
-    let payload = d1 * d2 * samples;
-    match config.dataset.format {
+    let (descr, _) = element(&d.record_element_type);
+    let sample = sample_bytes(config, spec);
+    let mut array_shape = spec.shape.clone();
+    array_shape.push(samples);
+    match d.format {
         Format::Npy => {
-            sink.write(&npy::header("|u1", &[d1, d2, samples]))?;
-            stream_samples(data, payload, |b| sink.write(b))?;
+            sink.write(&npy::header(descr, &array_shape))?;
+            stream_samples(data, sample * samples, |b| sink.write(b))?;
         }
         Format::Npz => {
+            let deflate = d.compression == Compression::Zip;
             let mut zip = npy::ZipStream::new(sink);
-            zip.begin("x.npy")?;
-            zip.data(&npy::header("|u1", &[d1, d2, samples]))?;
-            stream_samples(data, payload, |b| zip.data(b))?;
+            zip.begin("x.npy", deflate)?;
+            zip.data(&npy::header(descr, &array_shape))?;
+            stream_samples(data, sample * samples, |b| zip.data(b))?;
             zip.end()?;
-            zip.begin("y.npy")?;
-            zip.data(&npy::header("<f8", &[samples]))?;
-            zip.data(&vec![0u8; usize::try_from(samples * 8).expect("label arrays fit in memory")])?;
+            zip.begin("y.npy", deflate)?;
+            zip.data(&npy::header("<i8", &[samples]))?;
+            zip.data(&vec![0u8; usize::try_from(samples * 8).map_err(|_| unsupported("too many labels".into()))?])?;
             zip.end()?;
             zip.finish()?;
         }
-        other => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("generating {other} files is not available yet"),
-            ));
+        Format::Hdf5 => hdf5::write(config, spec, data, sink)?,
+        Format::Tfrecord => return tfrecord::write(config, spec, data, sink),
+        Format::Csv => write_csv(config, spec, data, sink)?,
+        Format::Jpeg | Format::Png => write_image(d.format, spec, data, sink)?,
+        Format::IndexedBinary | Format::MmapIndexedBinary => {
+            stream_samples(data, sample * samples, |b| sink.write(b))?;
+            let offsets: Vec<u8> = (0..samples).flat_map(|i| (i * sample).to_le_bytes()).collect();
+            let sizes: Vec<u8> = (0..samples).flat_map(|_| sample.to_le_bytes()).collect();
+            return Ok(vec![
+                Companion { key: format!("{}.off.idx", spec.key), bytes: offsets },
+                Companion { key: format!("{}.sz.idx", spec.key), bytes: sizes },
+            ]);
         }
+        // DLIO writes a tiny placeholder holding the file's index; its reader never opens it.
+        Format::Synthetic => sink.write(spec.combined.to_string().as_bytes())?,
     }
     Ok(Vec::new())
+}
+
+/// An [`io::Write`] over a [`Sink`], for encoders.
+pub struct SinkWriter<'a>(pub &'a mut dyn Sink);
+
+impl Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// csv: `samples` identical rows of prod(shape) comma-separated values, no header, no index (DLIO's pandas call);
+/// gzip-compressed when `dataset.compression` is gzip (the key then ends in `.gz`).
+fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mut dyn Sink) -> io::Result<()> {
+    let values = spec.shape.iter().product::<u64>();
+    let kind = config.dataset.record_element_type.as_str();
+    let mut out: Box<dyn Write + '_> = match config.dataset.compression {
+        Compression::None => Box::new(io::BufWriter::with_capacity(CHUNK, SinkWriter(sink))),
+        Compression::Gzip => Box::new(io::BufWriter::with_capacity(
+            CHUNK,
+            flate2::write::GzEncoder::new(
+                SinkWriter(sink),
+                flate2::Compression::new(config.dataset.compression_level.min(9) as u32),
+            ),
+        )),
+        other => {
+            return Err(unsupported(format!("dataset.compression {other} for csv: dl-driver writes gzip or none")))
+        }
+    };
+    let row_seed = data.fork();
+    for _ in 0..spec.samples {
+        // Every row is the same record: regenerate it from one seed instead of holding it (it can be huge).
+        let mut row = SampleBytes::new(row_seed, 1.0, 1.0);
+        let mut bytes = vec![0u8; CHUNK.min(usize::try_from(values).unwrap_or(CHUNK))];
+        let mut left = values;
+        let mut first = true;
+        let mut text = String::with_capacity(bytes.len() * 4);
+        while left > 0 {
+            let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            row.fill(&mut bytes[..n]);
+            text.clear();
+            for &b in &bytes[..n] {
+                if !first {
+                    text.push(',');
+                }
+                first = false;
+                let _ = match kind {
+                    "int8" => write!(text, "{}", b.cast_signed()),
+                    "float16" | "float32" | "float64" => write!(text, "{:?}", f64::from(b) / 256.0),
+                    _ => write!(text, "{b}"),
+                };
+            }
+            out.write_all(text.as_bytes())?;
+            left -= n as u64;
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// jpeg / png: one 8-bit grayscale image of d1 rows by d2 columns per file (Pillow's defaults: JPEG quality 75).
+fn write_image(format: Format, spec: &FileSpec, data: &mut SampleBytes, sink: &mut dyn Sink) -> io::Result<()> {
+    let (height, width) = match spec.shape.as_slice() {
+        [h, w, ..] => (*h, *w),
+        [h] => (*h, 1),
+        [] => (1, 1),
+    };
+    let too_big = || unsupported(format!("a {width}x{height} image is larger than {format} allows (65535 per side)"));
+    let (w16, h16) = (u16::try_from(width).map_err(|_| too_big())?, u16::try_from(height).map_err(|_| too_big())?);
+    let mut pixels = vec![0u8; usize::try_from(width * height).map_err(|_| too_big())?];
+    data.fill(&mut pixels);
+    if format == Format::Png {
+        let mut encoder = png::Encoder::new(SinkWriter(sink), u32::from(w16), u32::from(h16));
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(io::Error::other)?;
+        writer.write_image_data(&pixels).map_err(io::Error::other)?;
+        writer.finish().map_err(io::Error::other)?;
+    } else {
+        let mut encoded = Vec::new();
+        jpeg_encoder::Encoder::new(&mut encoded, 75)
+            .encode(&pixels, w16, h16, jpeg_encoder::ColorType::Luma)
+            .map_err(io::Error::other)?;
+        sink.write(&encoded)?;
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! numpy's `.npy` format (version 1.0, or 2.0 for headers over 64 KiB), and the `.npz` zip of `.npy` members that
-//! `np.savez` writes (stored, not compressed), streamed: CRCs are computed as data passes and go into data
-//! descriptors, so no member is ever held in memory.
+//! `np.savez` (stored) and `np.savez_compressed` (deflated) write, streamed: CRCs and sizes are computed as data
+//! passes and go into data descriptors, so no member is ever held in memory.
 
 use std::io;
 
@@ -36,13 +36,17 @@ pub struct ZipStream<'a> {
     offset: u64,
     members: Vec<Member>,
     current: Option<(Member, crc32fast::Hasher)>,
+    deflater: Option<flate2::Compress>,
+    deflated: Vec<u8>,
 }
 
 struct Member {
     name: String,
     crc: u32,
     size: u64,
+    compressed: u64,
     offset: u64,
+    method: u16,
 }
 
 const LOCAL: u32 = 0x0403_4b50;
@@ -56,7 +60,7 @@ const DOS_DATE: u16 = (1 << 5) | 1;
 
 impl<'a> ZipStream<'a> {
     pub fn new(sink: &'a mut dyn Sink) -> Self {
-        Self { sink, offset: 0, members: Vec::new(), current: None }
+        Self { sink, offset: 0, members: Vec::new(), current: None, deflater: None, deflated: Vec::new() }
     }
 
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -65,22 +69,24 @@ impl<'a> ZipStream<'a> {
         Ok(())
     }
 
-    /// Starts member `name`; its data follows through [`Self::data`].
-    pub fn begin(&mut self, name: &str) -> io::Result<()> {
+    /// Starts member `name`, deflated or stored; its data follows through [`Self::data`].
+    pub fn begin(&mut self, name: &str, deflate: bool) -> io::Result<()> {
+        let method: u16 = if deflate { 8 } else { 0 };
         let mut h = Vec::with_capacity(30 + name.len());
         h.extend_from_slice(&LOCAL.to_le_bytes());
         h.extend_from_slice(&45u16.to_le_bytes()); // version needed: zip64
         h.extend_from_slice(&0x0008u16.to_le_bytes()); // sizes and CRC follow in a data descriptor
-        h.extend_from_slice(&0u16.to_le_bytes()); // stored
+        h.extend_from_slice(&method.to_le_bytes());
         h.extend_from_slice(&0u16.to_le_bytes());
         h.extend_from_slice(&DOS_DATE.to_le_bytes());
         h.extend_from_slice(&[0; 12]); // CRC and sizes: in the descriptor
         h.extend_from_slice(&u16::try_from(name.len()).expect("member names are short").to_le_bytes());
         h.extend_from_slice(&0u16.to_le_bytes());
         h.extend_from_slice(name.as_bytes());
-        let member = Member { name: name.to_string(), crc: 0, size: 0, offset: self.offset };
+        let member = Member { name: name.to_string(), crc: 0, size: 0, compressed: 0, offset: self.offset, method };
         self.put(&h)?;
         self.current = Some((member, crc32fast::Hasher::new()));
+        self.deflater = deflate.then(|| flate2::Compress::new(flate2::Compression::default(), false));
         Ok(())
     }
 
@@ -89,21 +95,53 @@ impl<'a> ZipStream<'a> {
         let (member, crc) = self.current.as_mut().expect("data() follows begin()");
         crc.update(bytes);
         member.size += bytes.len() as u64;
+        if self.deflater.is_some() {
+            return self.deflate(bytes, flate2::FlushCompress::None);
+        }
+        member.compressed += bytes.len() as u64;
         self.put(bytes)
+    }
+
+    /// Runs `input` through the deflater and writes what it produces.
+    fn deflate(&mut self, mut input: &[u8], flush: flate2::FlushCompress) -> io::Result<()> {
+        let deflater = self.deflater.as_mut().expect("deflating member");
+        loop {
+            self.deflated.clear();
+            self.deflated.reserve(256 * 1024);
+            let before = deflater.total_in();
+            let status = deflater.compress_vec(input, &mut self.deflated, flush).map_err(io::Error::other)?;
+            input = &input[usize::try_from(deflater.total_in() - before).expect("fits")..];
+            let produced = std::mem::take(&mut self.deflated);
+            self.sink.write(&produced)?;
+            self.offset += produced.len() as u64;
+            self.current.as_mut().expect("open member").0.compressed += produced.len() as u64;
+            self.deflated = produced;
+            let done = match flush {
+                flate2::FlushCompress::Finish => status == flate2::Status::StreamEnd,
+                _ => input.is_empty() && self.deflated.len() < self.deflated.capacity(),
+            };
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// Ends the current member with its data descriptor.
     pub fn end(&mut self) -> io::Result<()> {
+        if self.deflater.is_some() {
+            self.deflate(&[], flate2::FlushCompress::Finish)?;
+            self.deflater = None;
+        }
         let (mut member, crc) = self.current.take().expect("end() follows begin()");
         member.crc = crc.finalize();
         let mut d = Vec::with_capacity(24);
         d.extend_from_slice(&DESCRIPTOR.to_le_bytes());
         d.extend_from_slice(&member.crc.to_le_bytes());
-        if member.size >= u64::from(u32::MAX) {
-            d.extend_from_slice(&member.size.to_le_bytes());
+        if member.size >= u64::from(u32::MAX) || member.compressed >= u64::from(u32::MAX) {
+            d.extend_from_slice(&member.compressed.to_le_bytes());
             d.extend_from_slice(&member.size.to_le_bytes());
         } else {
-            d.extend_from_slice(&(member.size as u32).to_le_bytes());
+            d.extend_from_slice(&(member.compressed as u32).to_le_bytes());
             d.extend_from_slice(&(member.size as u32).to_le_bytes());
         }
         self.put(&d)?;
@@ -117,12 +155,12 @@ impl<'a> ZipStream<'a> {
         let mut central = Vec::new();
         for m in &self.members {
             let mut extra = Vec::new();
-            let size32 = if m.size >= u64::from(u32::MAX) {
+            let (size32, compressed32) = if m.size >= u64::from(u32::MAX) || m.compressed >= u64::from(u32::MAX) {
                 extra.extend_from_slice(&m.size.to_le_bytes());
-                extra.extend_from_slice(&m.size.to_le_bytes());
-                u32::MAX
+                extra.extend_from_slice(&m.compressed.to_le_bytes());
+                (u32::MAX, u32::MAX)
             } else {
-                m.size as u32
+                (m.size as u32, m.compressed as u32)
             };
             let offset32 = if m.offset >= u64::from(u32::MAX) {
                 extra.extend_from_slice(&m.offset.to_le_bytes());
@@ -143,11 +181,11 @@ impl<'a> ZipStream<'a> {
             central.extend_from_slice(&45u16.to_le_bytes()); // made by
             central.extend_from_slice(&45u16.to_le_bytes()); // needed
             central.extend_from_slice(&0x0008u16.to_le_bytes());
-            central.extend_from_slice(&0u16.to_le_bytes());
+            central.extend_from_slice(&m.method.to_le_bytes());
             central.extend_from_slice(&0u16.to_le_bytes());
             central.extend_from_slice(&DOS_DATE.to_le_bytes());
             central.extend_from_slice(&m.crc.to_le_bytes());
-            central.extend_from_slice(&size32.to_le_bytes());
+            central.extend_from_slice(&compressed32.to_le_bytes());
             central.extend_from_slice(&size32.to_le_bytes());
             central.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
             central.extend_from_slice(&(extra.len() as u16).to_le_bytes());

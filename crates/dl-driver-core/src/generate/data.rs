@@ -44,6 +44,13 @@ impl SampleBytes {
         self.offset = 0;
     }
 
+    /// A seed for an independent stream derived from this one (for data that must repeat, like csv rows).
+    pub fn fork(&mut self) -> u64 {
+        let mut seed = [0u8; 8];
+        self.fill(&mut seed);
+        u64::from_le_bytes(seed)
+    }
+
     /// Fills `out` with the next bytes of the stream.
     pub fn fill(&mut self, mut out: &mut [u8]) {
         while !out.is_empty() {

@@ -2,7 +2,7 @@
 //! width of S), file names `{prefix}_{i:0N}_of_{n}.{ext}` with N the width of n, and rank striding (rank r writes
 //! files r, r + P, r + 2P, ...). Eval files continue the shape draws after the train files (dlio.md §2, §9).
 
-use crate::config::{Config, Format};
+use crate::config::{Compression, Config, Format};
 
 use super::shapes::file_shapes;
 
@@ -29,25 +29,21 @@ pub struct FileSpec {
     pub split: Split,
     /// Index within its split.
     pub index: u64,
+    /// Index in the whole dataset (train files, then valid files), as DLIO counts for striding and shapes.
+    pub combined: u64,
     /// Key relative to the data folder, e.g. `train/1/img_3_of_8.npz`.
     pub key: String,
-    /// Sample shape (d1, d2): every sample of a file has the same shape.
-    pub shape: (u64, u64),
+    /// Sample shape in elements: (d1, d2) drawn per file, or `dataset.record_dims`.
+    pub shape: Vec<u64>,
     pub samples: u64,
 }
 
-/// The file extension DLIO uses for a format.
-pub fn extension(format: Format) -> &'static str {
-    match format {
-        Format::Tfrecord => "tfrecord",
-        Format::Hdf5 => "hdf5",
-        Format::Csv => "csv",
-        Format::Npz => "npz",
-        Format::Npy => "npy",
-        Format::Jpeg => "jpeg",
-        Format::Png => "png",
-        Format::IndexedBinary | Format::MmapIndexedBinary => "indexed_binary",
-        Format::Synthetic => "synthetic",
+/// The file extension: the format's name, plus `.gz` for gzip-compressed csv.
+pub fn extension(config: &Config) -> String {
+    let d = &config.dataset;
+    match (d.format, d.compression) {
+        (Format::Csv, Compression::Gzip) => "csv.gz".into(),
+        (format, _) => format.as_str().into(),
     }
 }
 
@@ -66,12 +62,16 @@ pub fn file_key(split: Split, prefix: &str, index: u64, count: u64, subfolders: 
 /// Every file of the dataset (train, then valid) that `rank` of `world_size` writes.
 pub fn dataset_files(config: &Config, rank: u64, world_size: u64) -> Vec<FileSpec> {
     let d = &config.dataset;
-    let ext = extension(d.format);
+    let ext = extension(config);
     let total = d.num_files_train + d.num_files_eval;
-    let shapes: Vec<(u64, u64)> = match d.record_dims.as_slice() {
-        [] => file_shapes(d.record_length_bytes, d.record_length_bytes_stdev, total),
-        [one] => vec![(*one, 1); usize::try_from(total).unwrap_or(usize::MAX)],
-        [first, rest @ ..] => vec![(*first, rest.iter().product()); usize::try_from(total).unwrap_or(usize::MAX)],
+    let drawn = if d.record_dims.is_empty() {
+        file_shapes(d.record_length_bytes, d.record_length_bytes_stdev, total)
+    } else {
+        Vec::new()
+    };
+    let shape_of = |k: u64| match drawn.get(usize::try_from(k).unwrap_or(usize::MAX)) {
+        Some((a, b)) => vec![*a, *b],
+        None => d.record_dims.clone(),
     };
     let splits = [
         (Split::Train, d.num_files_train, d.num_subfolders_train, 0),
@@ -79,12 +79,15 @@ pub fn dataset_files(config: &Config, rank: u64, world_size: u64) -> Vec<FileSpe
     ];
     let mut files = Vec::new();
     for (split, count, subfolders, shape_offset) in splits {
-        for index in (rank..count).step_by(usize::try_from(world_size.max(1)).unwrap_or(usize::MAX)) {
+        // Ranks stride over the combined index: rank r writes k = r, r + P, ... (train then valid).
+        let first = (rank + world_size.max(1) - shape_offset % world_size.max(1)) % world_size.max(1);
+        for index in (first..count).step_by(usize::try_from(world_size.max(1)).unwrap_or(usize::MAX)) {
             files.push(FileSpec {
                 split,
                 index,
-                key: file_key(split, &d.file_prefix, index, count, subfolders, ext),
-                shape: shapes[usize::try_from(shape_offset + index).expect("file counts fit in memory")],
+                combined: shape_offset + index,
+                key: file_key(split, &d.file_prefix, index, count, subfolders, &ext),
+                shape: shape_of(shape_offset + index),
                 samples: d.num_samples_per_file,
             });
         }
@@ -113,9 +116,10 @@ mod tests {
         let all = dataset_files(&c, 0, 1);
         assert_eq!(all.len(), 7);
         let shapes = file_shapes(1_048_576.0, 262_144.0, 7);
-        assert_eq!(all.iter().map(|f| f.shape).collect::<Vec<_>>(), shapes);
+        assert_eq!(all.iter().map(|f| (f.shape[0], f.shape[1])).collect::<Vec<_>>(), shapes);
         assert_eq!(all[5].key, "valid/img_0_of_2.tfrecord");
-        let rank1: Vec<u64> = dataset_files(&c, 1, 2).iter().map(|f| f.index).collect();
-        assert_eq!(rank1, vec![1, 3, 1]);
+        let rank1: Vec<u64> = dataset_files(&c, 1, 2).iter().map(|f| f.combined).collect();
+        assert_eq!(rank1, vec![1, 3, 5], "combined indices 5 and 6 are valid files 0 and 1");
+        assert_eq!(dataset_files(&c, 1, 2)[2].key, "valid/img_0_of_2.tfrecord");
     }
 }

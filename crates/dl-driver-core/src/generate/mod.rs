@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::config::{Config, Format};
+use crate::config::Config;
 use crate::formats::{self, Sink};
 use crate::storage::{self, StorageError, StorageOptions, Store};
 use layout::FileSpec;
@@ -71,9 +71,6 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let storage_options = StorageOptions::from_yaml(&config.storage.storage_options)
         .map_err(|e| GenerateError::Config(format!("storage.storage_options: {e}")))?;
     let store = storage::open(&location.to_string(), &storage_options)?;
-    if config.dataset.format == Format::Synthetic {
-        return Ok(GenerateReport { files_written: 0, files_skipped: 0, bytes_written: 0, seconds: 0.0 });
-    }
     let files = layout::dataset_files(config, options.rank, options.world_size);
     let existing: HashSet<String> =
         if options.skip_existing { store.list("").await?.into_iter().map(|o| o.key).collect() } else { HashSet::new() };
