@@ -108,7 +108,7 @@ def test_yaml_syntax_error_has_line_and_column(cli, tmp_path: Path) -> None:
     assert "bad.yaml:" in out.stderr and "invalid YAML" in out.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "datasize", "checkpoint", "report"])
+@pytest.mark.parametrize("command", ["datasize", "checkpoint", "report"])
 def test_planned_commands_say_they_are_not_available(cli, command: str) -> None:
     out = cli(command, "workload=quickstart")
     assert out.returncode == 2
@@ -130,3 +130,14 @@ def test_secrets_are_not_printed(cli) -> None:
     doc = json.loads(out.stdout)
     assert doc["plan"]["data_location"] == "s3://bkt/data/unet3d"
     assert doc["config"]["storage"]["storage_options"]["secret_access_key"] == "***"
+
+
+def test_run_generates_data_for_generate_only_workloads(cli, tmp_path: Path) -> None:
+    common = [f"++workload.dataset.data_folder={tmp_path / 'd'}", "++workload.dataset.num_files_train=3",
+              "++workload.dataset.num_files_eval=0", "++workload.workflow.evaluation=False", "++workload.workflow.generate_data=True"]
+    out = cli("run", "workload=default", *common, "++workload.workflow.train=False")
+    assert out.returncode == 0, out.stderr
+    assert "generated 3 files" in out.stdout
+    out = cli("run", "workload=default", *common)
+    assert out.returncode == 2
+    assert "generated 3 files" in out.stdout and "train emulation is not available yet" in out.stderr

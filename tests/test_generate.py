@@ -222,3 +222,17 @@ def test_tfrecord_parses_in_tensorflow_and_index_matches(tmp_path: Path) -> None
         assert start == offset and length == 8 + 4 + int(record_len) + 4
         offset += length
     assert offset == len(blob) and len(lines) == 4
+
+
+def test_peak_memory_stays_bounded_for_unet3d_sized_samples(tmp_path: Path) -> None:
+    """unet3d's samples average 140 MiB; generating them must not hold whole files in memory."""
+    args = [DL_DRIVER, "generate", "workload=unet3d_h100", f"++workload.dataset.data_folder={tmp_path / 'd'}",
+            "++workload.dataset.num_files_train=8"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    written = sum(p.stat().st_size for p in (tmp_path / "d").rglob("*.npz"))
+    assert written > 1000 * MIB
+    peak_mib = usage.ru_maxrss / 1024
+    assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB while writing {written / MIB:.0f} MiB"

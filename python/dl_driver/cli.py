@@ -16,7 +16,6 @@ from dl_driver.generation import generate
 
 #: Subcommands that later versions bring, with what they will do.
 PLANNED = {
-    "run": "runs a workload's training emulation (reader pipeline, compute, checkpoints) and writes DLIO's run files",
     "datasize": "computes MLPerf's minimum dataset size for a workload and host",
     "checkpoint": "lists, verifies and deletes checkpoints",
     "report": "aggregates run folders into MLPerf JSON/CSV reports",
@@ -44,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--skip-existing", action="store_true", help="keep files already written (resumes a generation)")
     gen.add_argument("--threads", type=int, metavar="N", help="files produced at once (default: the number of CPUs)")
     gen.set_defaults(handler=_generate)
+    run = commands.add_parser(
+        "run", help="run a workload: generate its data (workflow.generate_data); training emulation is not available yet"
+    )
+    _workload_arguments(run)
+    run.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
+    run.set_defaults(handler=_run, skip_existing=False, threads=None)
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"(not available yet) {what}")
         planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -127,8 +132,27 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
+    if cfg.workflow.generate_data:
+        _generate_config(cfg, args)
+    phases = [name for name in ("train", "evaluation", "checkpoint") if getattr(cfg.workflow, name)]
+    if phases:
+        print(
+            f"dl-driver run: {', '.join(phases)} emulation is not available yet in dl-driver {_core.__version__}; "
+            "only data generation (workflow.generate_data) runs",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    _generate_config(load_from_args(args), args)
+    return 0
+
+
+def _generate_config(cfg: Config, args: argparse.Namespace) -> None:
     report = generate(
         cfg,
         rank=args.rank,
@@ -143,7 +167,6 @@ def _generate(args: argparse.Namespace) -> int:
         f"generated {int(report['files_written'])} files ({int(report['files_skipped'])} already present), "
         f"{mib:.1f} MiB in {report['seconds']:.2f} s ({rate:.0f} MiB/s) at {cfg.plan()['data_location']}"
     )
-    return 0
 
 
 def _not_available(args: argparse.Namespace) -> int:

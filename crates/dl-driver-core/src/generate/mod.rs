@@ -77,10 +77,11 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let (todo, skipped): (Vec<FileSpec>, Vec<FileSpec>) = files.into_iter().partition(|f| !existing.contains(&f.key));
     let total_files = todo.len() as u64;
     let progress = Arc::new(Progress::default());
+    let pool = Arc::new(BufferPool::default());
     let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), total_files)));
     let config = Arc::new(config.clone());
     let result = futures::stream::iter(todo)
-        .map(|spec| write_one(&store, Arc::clone(&config), spec, Arc::clone(&progress)))
+        .map(|spec| write_one(&store, Arc::clone(&config), spec, Arc::clone(&progress), Arc::clone(&pool)))
         .buffer_unordered(options.threads.max(1))
         .try_for_each(|()| async { Ok(()) })
         .await;
@@ -103,14 +104,15 @@ async fn write_one(
     config: Arc<Config>,
     spec: FileSpec,
     progress: Arc<Progress>,
+    pool: Arc<BufferPool>,
 ) -> Result<(), GenerateError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let key = spec.key.clone();
     let seed = data::mix(config.train.seed ^ data::mix(spec.index) ^ data::mix(spec.split as u64 + 1));
     let producer = tokio::task::spawn_blocking(move || {
         let d = &config.dataset;
         let mut bytes = data::SampleBytes::new(seed, d.compress_ratio, d.dedup_ratio);
-        let mut sink = ChannelSink { tx, pending: Vec::with_capacity(HANDOFF) };
+        let mut sink = ChannelSink { tx, pending: pool.take(), pool };
         let companions = formats::write_file(&config, &spec, &mut bytes, &mut sink)?;
         sink.flush()?;
         Ok::<_, io::Error>(companions)
@@ -141,10 +143,49 @@ async fn write_one(
     Ok(())
 }
 
+/// Hand-off buffers, reused once the storage layer has written them: fresh memory would cost page faults on every
+/// chunk, and the allocator's churn of 8 MiB blocks grows the process well past what is in use.
+#[derive(Default)]
+struct BufferPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| Vec::with_capacity(HANDOFF))
+    }
+
+    fn give(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        if let Ok(mut free) = self.free.lock() {
+            free.push(buffer);
+        }
+    }
+}
+
+/// A pooled buffer lent to the storage layer as `Bytes`; it goes back to the pool when dropped.
+struct Pooled {
+    data: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
 /// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind.
 struct ChannelSink {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     pending: Vec<u8>,
+    pool: Arc<BufferPool>,
 }
 
 impl ChannelSink {
@@ -152,8 +193,15 @@ impl ChannelSink {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(HANDOFF));
-        self.tx.blocking_send(Bytes::from(chunk)).map_err(|_| io::Error::other("the upload stopped"))
+        let data = std::mem::replace(&mut self.pending, self.pool.take());
+        let chunk = Bytes::from_owner(Pooled { data, pool: Arc::clone(&self.pool) });
+        self.tx.blocking_send(chunk).map_err(|_| io::Error::other("the upload stopped"))
+    }
+}
+
+impl Drop for ChannelSink {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.pending));
     }
 }
 

@@ -303,7 +303,12 @@ impl Store {
         let upload = self.inner.put_multipart(&location).await.map_err(|e| self.fail(key, "starting an upload", &e))?;
         Ok(Writer {
             upload: Some(WriteMultipart::new_with_chunk_size(upload, self.settings.part_size)),
-            max_in_flight: self.settings.max_in_flight,
+            // Local parts are written one after another (one file), so more in flight only holds memory.
+            max_in_flight: if self.local.is_some() {
+                self.settings.max_in_flight.min(2)
+            } else {
+                self.settings.max_in_flight
+            },
             store: self.clone(),
             key: key.to_string(),
             written: 0,
