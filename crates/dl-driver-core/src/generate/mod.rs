@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::config::Config;
 use crate::formats::{self, Sink};
-use crate::storage::{self, StorageError, StorageOptions, Store};
+use crate::storage::{self, AlignedBuf, StorageError, StorageOptions, Store};
 use layout::FileSpec;
 
 /// Bytes handed from a producing thread to the uploader at a time.
@@ -145,18 +145,19 @@ async fn write_one(
 
 /// Hand-off buffers, reused once the storage layer has written them: fresh memory would cost page faults on every
 /// chunk, and the allocator's churn of 8 MiB blocks grows the process well past what is in use.
+/// They are page-aligned: the kernel copies from page-aligned memory into the page cache markedly faster.
 #[derive(Default)]
 struct BufferPool {
-    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    free: std::sync::Mutex<Vec<AlignedBuf>>,
 }
 
 impl BufferPool {
-    fn take(&self) -> Vec<u8> {
-        self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| Vec::with_capacity(HANDOFF))
+    fn take(&self) -> AlignedBuf {
+        self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| AlignedBuf::with_capacity(HANDOFF))
     }
 
-    fn give(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
+    fn give(&self, mut buffer: AlignedBuf) {
+        buffer.set_len(0);
         if let Ok(mut free) = self.free.lock() {
             free.push(buffer);
         }
@@ -165,26 +166,28 @@ impl BufferPool {
 
 /// A pooled buffer lent to the storage layer as `Bytes`; it goes back to the pool when dropped.
 struct Pooled {
-    data: Vec<u8>,
+    data: Option<AlignedBuf>,
     pool: Arc<BufferPool>,
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        self.data.as_ref().map_or(&[], AlignedBuf::as_slice)
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.data));
+        if let Some(data) = self.data.take() {
+            self.pool.give(data);
+        }
     }
 }
 
 /// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind.
 struct ChannelSink {
     tx: tokio::sync::mpsc::Sender<Bytes>,
-    pending: Vec<u8>,
+    pending: AlignedBuf,
     pool: Arc<BufferPool>,
 }
 
@@ -194,14 +197,14 @@ impl ChannelSink {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.pending, self.pool.take());
-        let chunk = Bytes::from_owner(Pooled { data, pool: Arc::clone(&self.pool) });
+        let chunk = Bytes::from_owner(Pooled { data: Some(data), pool: Arc::clone(&self.pool) });
         self.tx.blocking_send(chunk).map_err(|_| io::Error::other("the upload stopped"))
     }
 }
 
 impl Drop for ChannelSink {
     fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.pending));
+        self.pool.give(std::mem::replace(&mut self.pending, AlignedBuf::with_capacity(0)));
     }
 }
 
