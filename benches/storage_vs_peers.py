@@ -92,6 +92,14 @@ def fio(root: Path, size: int, jobs: int, direct: bool) -> tuple[float, float]:
     return job["io_bytes"], job["io_bytes"] / job["bw_bytes"]
 
 
+def fio_small(root: Path) -> tuple[float, float]:
+    args = ["fio", "--name=small", f"--opendir={root}", "--rw=read", "--bs=128k", "--ioengine=psync", "--openfiles=1",
+            "--file_service_type=sequential", "--invalidate=0", "--iomem=mmap", "--thread", "--output-format=json"]
+    stdout = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    job = json.loads(stdout[stdout.index("{") :])["jobs"][0]["read"]
+    return job["io_bytes"], job["io_bytes"] / job["bw_bytes"]
+
+
 def dl_driver_read(store: dl_driver.storage.Store, keys: list[str], concurrency: int) -> tuple[float, float]:
     report = store.read_objects(keys, concurrency)
     return report["bytes"], report["seconds"]
@@ -172,8 +180,10 @@ def local_cases(work: Path, rows: list[dict]) -> None:
     store = dl_driver.storage.open(f"file://{small_root}")
     store.read_objects(names, 2)
     objects_per_s = median_rate(lambda: (lambda r: (r["objects"], r["seconds"]))(store.read_objects(names, 1)))
+    # The same-run limit: fio opening, reading and closing one file at a time (--openfiles=1), bytes / 128 KiB.
+    fio_files = median_rate(lambda: (lambda b, t: (b / (128 * 1024), t))(*fio_small(small_root)))
     rows.append({"case": "file:// warm 128 KiB objects, 1 thread", "dl_driver_objects_s": round(objects_per_s),
-                 "target_objects_s": 60000, "met": objects_per_s >= 60000})
+                 "fio_objects_s": round(fio_files), "target_objects_s": 60000, "met": objects_per_s >= 60000})
 
 
 def upload(store: dl_driver.storage.Store, count: int, size: int) -> list[str]:
@@ -253,7 +263,9 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         if "dl_driver_objects_s" in r:
-            lines.append(f"| {r['case']} | {r['dl_driver_objects_s']:,} objects/s | target | {r['target_objects_s']:,} objects/s | | | {'yes' if r['met'] else 'NO'} |")
+            lines.append(f"| {r['case']} | {r['dl_driver_objects_s']:,} objects/s | fio, one file open at a time | "
+                         f"{r['fio_objects_s']:,} objects/s | {r['dl_driver_objects_s'] / r['fio_objects_s']:.2f} | "
+                         f">= {r['target_objects_s']:,}/s | {'yes' if r['met'] else 'NO'} |")
             continue
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
         peer = "n/a" if r["peer_GiB_s"] is None else r["peer_GiB_s"]
