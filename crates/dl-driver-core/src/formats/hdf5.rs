@@ -6,7 +6,7 @@
 
 use std::io;
 
-use super::{element, stream_samples, Sink};
+use super::{element, fill_samples, Sink};
 use crate::config::{Compression, Config};
 use crate::generate::data::SampleBytes;
 use crate::generate::layout::FileSpec;
@@ -196,7 +196,7 @@ pub fn write(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
         sink.write(h)?;
     }
     for (dims, t) in &shapes[..shapes.len() - 1] {
-        stream_samples(data, dims.iter().product::<u64>() * element(t).1, |b| sink.write(b))?;
+        fill_samples(sink, data, dims.iter().product::<u64>() * element(t).1, |_| {})?;
     }
     sink.write(&vec![0u8; usize::try_from(spec.samples * 8).map_err(io::Error::other)?])
 }

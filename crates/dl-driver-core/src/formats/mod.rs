@@ -16,6 +16,20 @@ use crate::generate::layout::FileSpec;
 /// Receives a file's bytes in order.
 pub trait Sink {
     fn write(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Appends `len` bytes that `produce` writes in place, in pieces (sinks with buffers of their own override this
+    /// so sample bytes are generated straight into them, without a copy).
+    fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
+        let mut chunk = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+        let mut left = len;
+        while left > 0 {
+            let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            produce(&mut chunk[..n]);
+            self.write(&chunk[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// A small file written beside a data file (e.g. an index), keyed relative to the data folder.
@@ -50,17 +64,17 @@ pub fn sample_bytes(config: &Config, spec: &FileSpec) -> u64 {
     spec.shape.iter().product::<u64>() * element(&config.dataset.record_element_type).1
 }
 
-/// Streams `len` sample bytes into `write`.
-fn stream_samples(data: &mut SampleBytes, len: u64, mut write: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
-    let mut chunk = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
-    let mut left = len;
-    while left > 0 {
-        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        data.fill(&mut chunk[..n]);
-        write(&chunk[..n])?;
-        left -= n as u64;
-    }
-    Ok(())
+/// Appends `len` sample bytes to `sink`, generated in place; `observe` sees them (for checksums).
+fn fill_samples(
+    sink: &mut dyn Sink,
+    data: &mut SampleBytes,
+    len: u64,
+    mut observe: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    sink.fill(len, &mut |buf| {
+        data.fill(buf);
+        observe(buf);
+    })
 }
 
 fn unsupported(what: String) -> io::Error {
@@ -83,14 +97,14 @@ pub fn write_file(
     match d.format {
         Format::Npy => {
             sink.write(&npy::header(descr, &array_shape))?;
-            stream_samples(data, sample * samples, |b| sink.write(b))?;
+            fill_samples(sink, data, sample * samples, |_| {})?;
         }
         Format::Npz => {
             let deflate = d.compression == Compression::Zip;
             let mut zip = npy::ZipStream::new(sink);
             zip.begin("x.npy", deflate)?;
             zip.data(&npy::header(descr, &array_shape))?;
-            stream_samples(data, sample * samples, |b| zip.data(b))?;
+            zip.samples(data, sample * samples)?;
             zip.end()?;
             zip.begin("y.npy", deflate)?;
             zip.data(&npy::header("<i8", &[samples]))?;
@@ -103,7 +117,7 @@ pub fn write_file(
         Format::Csv => write_csv(config, spec, data, sink)?,
         Format::Jpeg | Format::Png => write_image(d.format, spec, data, sink)?,
         Format::IndexedBinary | Format::MmapIndexedBinary => {
-            stream_samples(data, sample * samples, |b| sink.write(b))?;
+            fill_samples(sink, data, sample * samples, |_| {})?;
             let offsets: Vec<u8> = (0..samples).flat_map(|i| (i * sample).to_le_bytes()).collect();
             let sizes: Vec<u8> = (0..samples).flat_map(|_| sample.to_le_bytes()).collect();
             return Ok(vec![

@@ -102,6 +102,30 @@ impl<'a> ZipStream<'a> {
         self.put(bytes)
     }
 
+    /// Appends `len` sample bytes to the current member, generated in place when the member is stored.
+    pub fn samples(&mut self, data: &mut crate::generate::data::SampleBytes, len: u64) -> io::Result<()> {
+        if self.deflater.is_some() {
+            let mut chunk = vec![0u8; super::CHUNK.min(usize::try_from(len).unwrap_or(super::CHUNK))];
+            let mut left = len;
+            while left > 0 {
+                let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                data.fill(&mut chunk[..n]);
+                self.data(&chunk[..n])?;
+                left -= n as u64;
+            }
+            return Ok(());
+        }
+        let (member, crc) = self.current.as_mut().expect("samples() follows begin()");
+        self.sink.fill(len, &mut |buf| {
+            data.fill(buf);
+            crc.update(buf);
+        })?;
+        member.size += len;
+        member.compressed += len;
+        self.offset += len;
+        Ok(())
+    }
+
     /// Runs `input` through the deflater and writes what it produces.
     fn deflate(&mut self, mut input: &[u8], flush: flate2::FlushCompress) -> io::Result<()> {
         let deflater = self.deflater.as_mut().expect("deflating member");

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io;
 
-use super::{sample_bytes, stream_samples, Companion, Sink};
+use super::{fill_samples, sample_bytes, Companion, Sink};
 use crate::config::Config;
 use crate::generate::data::SampleBytes;
 use crate::generate::layout::FileSpec;
@@ -87,10 +87,7 @@ pub fn write(
         sink.write(&masked_crc(crc32c::crc32c(&length)).to_le_bytes())?;
         let mut crc = crc32c::crc32c(&prefix);
         sink.write(&prefix)?;
-        stream_samples(data, image_len, |b| {
-            crc = crc32c::crc32c_append(crc, b);
-            sink.write(b)
-        })?;
+        fill_samples(sink, data, image_len, |b| crc = crc32c::crc32c_append(crc, b))?;
         crc = crc32c::crc32c_append(crc, &suffix);
         sink.write(&suffix)?;
         sink.write(&masked_crc(crc).to_le_bytes())?;

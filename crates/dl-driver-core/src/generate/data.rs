@@ -33,15 +33,22 @@ impl SampleBytes {
 
     fn next_block(&mut self) {
         self.block = self.block.wrapping_add(1);
-        let mut state = mix(self.seed ^ mix(self.block / self.dedup));
-        for chunk in self.current[..self.random_per_block].chunks_mut(8) {
+        let mut current = self.current;
+        self.generate(self.block, &mut current);
+        self.current = current;
+        self.offset = 0;
+    }
+
+    /// Writes block `block` of the stream into `out` (BLOCK bytes).
+    fn generate(&self, block: u64, out: &mut [u8]) {
+        let mut state = mix(self.seed ^ mix(block / self.dedup));
+        for chunk in out[..self.random_per_block].chunks_mut(8) {
             state = state.wrapping_add(0xa076_1d64_78bd_642f);
             let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
             let word = ((t >> 64) as u64 ^ t as u64).to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
-        self.current[self.random_per_block..].fill(0);
-        self.offset = 0;
+        out[self.random_per_block..BLOCK].fill(0);
     }
 
     /// A seed for an independent stream derived from this one (for data that must repeat, like csv rows).
@@ -54,6 +61,14 @@ impl SampleBytes {
     /// Fills `out` with the next bytes of the stream.
     pub fn fill(&mut self, mut out: &mut [u8]) {
         while !out.is_empty() {
+            if self.offset == BLOCK && out.len() >= BLOCK {
+                // Whole blocks are generated straight into the output.
+                self.block = self.block.wrapping_add(1);
+                let (head, rest) = std::mem::take(&mut out).split_at_mut(BLOCK);
+                self.generate(self.block, head);
+                out = rest;
+                continue;
+            }
             if self.offset == BLOCK {
                 self.next_block();
             }

@@ -209,6 +209,20 @@ impl Drop for ChannelSink {
 }
 
 impl Sink for ChannelSink {
+    fn fill(&mut self, mut len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
+        while len > 0 {
+            let start = self.pending.len();
+            let n = (HANDOFF - start).min(usize::try_from(len).unwrap_or(usize::MAX));
+            produce(&mut self.pending.spare_mut()[start..start + n]);
+            self.pending.set_len(start + n);
+            len -= n as u64;
+            if self.pending.len() == HANDOFF {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
     fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = data.len().min(HANDOFF - self.pending.len());
