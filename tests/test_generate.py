@@ -238,3 +238,16 @@ def test_peak_memory_stays_bounded_for_unet3d_sized_samples(tmp_path: Path) -> N
     assert written > 1000 * MIB
     peak_mib = int(out.stdout) / 1024
     assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB while writing {written / MIB:.0f} MiB"
+
+
+def test_unsupported_encodings_are_clear_errors_that_leave_nothing_behind(tmp_path: Path) -> None:
+    for fmt, extra, needle in [
+        ("hdf5", {"dataset.compression": "gzip"}, "dataset.compression"),
+        ("hdf5", {"dataset.hdf5.chunk_dims": [1, 8, 8]}, "chunk_dims"),
+        ("csv", {"dataset.compression": "bz2"}, "dataset.compression bz2"),
+    ]:
+        with pytest.raises(dl_driver.FormatError, match=needle) as e:
+            dataset(tmp_path / fmt / needle.replace(" ", "_"), fmt, **extra)
+        assert "train/img_" in str(e.value), "the message names the file"
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == [], f"no partial files: {leftovers}"

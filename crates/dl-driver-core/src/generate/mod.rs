@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::config::Config;
 use crate::formats::{self, Sink};
@@ -80,11 +80,29 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let pool = Arc::new(BufferPool::default());
     let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), total_files)));
     let config = Arc::new(config.clone());
-    let result = futures::stream::iter(todo)
-        .map(|spec| write_one(&store, Arc::clone(&config), spec, Arc::clone(&progress), Arc::clone(&pool)))
+    // After a failure no new file starts, but the files in progress run to their end (complete, or aborted with
+    // their temporary data removed) before the error is returned: dropping them midway would leave that to chance.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<(), GenerateError>> = futures::stream::iter(todo)
+        .map(|spec| {
+            let (config, progress, pool, failed) =
+                (Arc::clone(&config), Arc::clone(&progress), Arc::clone(&pool), &failed);
+            let store = &store;
+            async move {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let result = write_one(store, config, spec, progress, pool).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+        })
         .buffer_unordered(options.threads.max(1))
-        .try_for_each(|()| async { Ok(()) })
+        .collect()
         .await;
+    let result = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
     if let Some(ticker) = ticker {
         ticker.abort();
         progress.print(total_files, true);
