@@ -195,9 +195,10 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
     if d.compression_level > 9 {
         return err("dataset.compression_level", format!("got {}, expected 0-9", d.compression_level));
     }
-    if let Err(problem) = c.data_location() {
-        return err("dataset.data_folder", problem);
-    }
+    let data_location = match c.data_location() {
+        Ok(location) => location,
+        Err(problem) => return err("dataset.data_folder", problem),
+    };
 
     let r = &c.reader;
     at_least("reader.batch_size", r.batch_size, 1)?;
@@ -212,7 +213,7 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
             "got 0, expected a read size in bytes >= 1 (or null for whole reads)".into(),
         );
     }
-    if r.odirect && c.data_location().is_ok_and(|u| !matches!(u.scheme, Scheme::File | Scheme::Direct)) {
+    if r.odirect && !matches!(data_location.scheme, Scheme::File | Scheme::Direct) {
         return err(
             "reader.odirect",
             format!("O_DIRECT applies to local files, but dataset.data_folder is '{}'", c.dataset.data_folder),

@@ -20,16 +20,25 @@ pub trait Sink {
     /// Appends `len` bytes that `produce` writes in place, in pieces (sinks with buffers of their own override this
     /// so sample bytes are generated straight into them, without a copy).
     fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
-        let mut chunk = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
-        let mut left = len;
-        while left > 0 {
-            let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            produce(&mut chunk[..n]);
-            self.write(&chunk[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
+        in_chunks(len, produce, &mut |chunk| self.write(chunk))
     }
+}
+
+/// Produces `len` bytes through a reused chunk buffer, handing each piece to `consume`.
+fn in_chunks(
+    len: u64,
+    produce: &mut dyn FnMut(&mut [u8]),
+    consume: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut chunk = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+    let mut left = len;
+    while left > 0 {
+        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        produce(&mut chunk[..n]);
+        consume(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// A small file written beside a data file (e.g. an index), keyed relative to the data folder.
@@ -164,13 +173,13 @@ fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
         }
     };
     let row_seed = data.fork();
+    let mut bytes = vec![0u8; CHUNK.min(usize::try_from(values).unwrap_or(CHUNK))];
+    let mut text = String::with_capacity(bytes.len() * 4);
     for _ in 0..spec.samples {
         // Every row is the same record: regenerate it from one seed instead of holding it (it can be huge).
         let mut row = SampleBytes::new(row_seed, 1.0, 1.0);
-        let mut bytes = vec![0u8; CHUNK.min(usize::try_from(values).unwrap_or(CHUNK))];
         let mut left = values;
         let mut first = true;
-        let mut text = String::with_capacity(bytes.len() * 4);
         while left > 0 {
             let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             row.fill(&mut bytes[..n]);

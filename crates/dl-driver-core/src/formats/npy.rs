@@ -105,15 +105,7 @@ impl<'a> ZipStream<'a> {
     /// Appends `len` sample bytes to the current member, generated in place when the member is stored.
     pub fn samples(&mut self, data: &mut crate::generate::data::SampleBytes, len: u64) -> io::Result<()> {
         if self.deflater.is_some() {
-            let mut chunk = vec![0u8; super::CHUNK.min(usize::try_from(len).unwrap_or(super::CHUNK))];
-            let mut left = len;
-            while left > 0 {
-                let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                data.fill(&mut chunk[..n]);
-                self.data(&chunk[..n])?;
-                left -= n as u64;
-            }
-            return Ok(());
+            return super::in_chunks(len, &mut |buf| data.fill(buf), &mut |chunk| self.data(chunk));
         }
         let (member, crc) = self.current.as_mut().expect("samples() follows begin()");
         self.sink.fill(len, &mut |buf| {
