@@ -7,15 +7,19 @@ from dl_driver import storage
 from dl_driver._core import ConfigError, DlDriverError, FormatError, StorageError, __version__
 from dl_driver.config import Config, ConfigWarning, load_dlio_config, workloads
 from dl_driver.generation import generate
+from dl_driver.runner import DlioRunner, Report, batches
 
 __all__ = [
     "Config",
     "ConfigError",
     "ConfigWarning",
     "DlDriverError",
+    "DlioRunner",
     "FormatError",
+    "Report",
     "StorageError",
     "__version__",
+    "batches",
     "generate",
     "load_dlio_config",
     "storage",

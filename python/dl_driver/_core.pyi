@@ -26,6 +26,30 @@ def generate(
 ) -> dict[str, float]:
     """Generates one rank's share of a resolved config's dataset: ``{files_written, files_skipped, bytes_written, seconds}``."""
 
+def run_benchmark(
+    config_json: str,
+    source_name: str,
+    overrides: list[str],
+    config_yaml: str,
+    rank: int = 0,
+    world_size: int = 1,
+    console: bool = True,
+    progress: bool = False,
+) -> tuple[str, str, bool]: ...
+
+class PyBatch:
+    samples: list[int]
+    spans: list[tuple[int, int]]
+    data: Buffer
+    bytes_read: int
+
+class Batches:
+    def __init__(
+        self, config_json: str, split: str = "train", epoch: int = 1, rank: int = 0, world_size: int = 1
+    ) -> None: ...
+    def __iter__(self) -> Batches: ...
+    def __next__(self) -> PyBatch: ...
+
 class Buffer:
     """Bytes read from storage, shared without a copy through the buffer protocol (memoryview, numpy, bytes())."""
 

@@ -13,6 +13,7 @@ from dl_driver import _core, launcher
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
 from dl_driver.generation import generate
+from dl_driver.runner import DlioRunner
 
 #: Subcommands that later versions bring, with what they will do.
 PLANNED = {
@@ -44,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threads", type=int, metavar="N", help="files produced at once (default: the number of CPUs)")
     gen.set_defaults(handler=_generate)
     run = commands.add_parser(
-        "run", help="run a workload: generate its data (workflow.generate_data); training emulation is not available yet"
+        "run", help="run a workload: generate its data (workflow.generate_data), train, evaluate; write DLIO's run files"
     )
     _workload_arguments(run)
     run.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
+    run.add_argument("--output", metavar="DIR", help="the run's output folder (default: output.folder)")
     run.set_defaults(handler=_run, skip_existing=False, threads=None)
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"(not available yet) {what}")
@@ -134,16 +136,19 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
+    if args.output:
+        cfg.output.folder = args.output
     if cfg.workflow.generate_data:
         _generate_config(cfg, args)
-    phases = [name for name in ("train", "evaluation", "checkpoint") if getattr(cfg.workflow, name)]
-    if phases:
-        print(
-            f"dl-driver run: {', '.join(phases)} emulation is not available yet in dl-driver {_core.__version__}; "
-            "only data generation (workflow.generate_data) runs",
-            file=sys.stderr,
-        )
-        return 2
+    if not cfg.workflow.train:
+        return 0
+    runner = DlioRunner(
+        cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty()
+    )
+    report = runner.run_benchmark()
+    if report.interrupted:
+        print(f"dl-driver run: interrupted; what was measured is in {cfg.output.folder}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,8 +1,14 @@
-//! dl-driver's engine: the DLIO config model and, in later layers, storage, generation and training emulation.
+//! dl-driver's engine: the DLIO config model, storage, dataset generation and training emulation.
 
 pub mod checkpoint;
+pub mod comm;
 pub mod config;
 pub mod formats;
 pub mod generate;
+pub mod metrics;
+pub mod pipeline;
 pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod sampler;
 pub mod storage;

@@ -3,6 +3,7 @@
 // pyo3 hands functions owned arguments extracted from Python objects.
 #![allow(clippy::needless_pass_by_value)]
 
+mod engine;
 mod runtime;
 mod storage;
 
@@ -168,6 +169,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("StorageError", py.get_type::<StorageError>())?;
     m.add("FormatError", py.get_type::<FormatError>())?;
     m.add_function(wrap_pyfunction!(generate, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::run_benchmark, m)?)?;
+    m.add_class::<engine::Batches>()?;
+    m.add_class::<engine::PyBatch>()?;
     m.add_class::<storage::Store>()?;
     m.add_class::<storage::ObjectInfo>()?;
     m.add_class::<storage::Buffer>()?;

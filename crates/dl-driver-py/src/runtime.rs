@@ -58,3 +58,34 @@ where
         }
     }
 }
+
+/// Like [`run`], but the first Ctrl-C calls `cancel` and keeps waiting for `future` to wind down (so it can save
+/// what it measured); a second Ctrl-C aborts it. Returns the output and whether Ctrl-C was pressed.
+pub fn run_cancellable<T, F>(py: Python<'_>, cancel: impl Fn(), future: F) -> PyResult<(T, bool)>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime()?;
+    let mut handle = rt.spawn(future);
+    let mut interrupted = false;
+    loop {
+        let step = py.detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut handle).await }));
+        match step {
+            Ok(joined) => {
+                let output = joined.map_err(|e| crate::DlDriverError::new_err(format!("an I/O task failed: {e}")))?;
+                return Ok((output, interrupted));
+            }
+            Err(_) => {
+                if let Err(signal) = py.check_signals() {
+                    if interrupted {
+                        handle.abort();
+                        return Err(signal);
+                    }
+                    interrupted = true;
+                    cancel();
+                }
+            }
+        }
+    }
+}

@@ -126,6 +126,12 @@ pub struct ObjectInfo {
     last_modified: f64,
 }
 
+impl From<Bytes> for Buffer {
+    fn from(data: Bytes) -> Self {
+        Self { data }
+    }
+}
+
 impl From<CoreObjectInfo> for ObjectInfo {
     fn from(o: CoreObjectInfo) -> Self {
         Self { key: o.key, size: o.size, last_modified: o.last_modified.timestamp_micros() as f64 / 1e6 }

@@ -71,14 +71,22 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// Makes room for `additional` more bytes, keeping the valid ones.
+    pub fn reserve_more(&mut self, additional: usize) {
+        let needed = self.len + additional;
+        if needed > self.capacity {
+            let mut grown = Self::with_capacity(needed);
+            grown.spare_mut()[..self.len].copy_from_slice(self.as_slice());
+            grown.len = self.len;
+            *self = grown;
+        }
+    }
+
     /// Appends `data`, growing (and copying) when needed.
     pub fn extend_from_slice(&mut self, data: &[u8]) {
         let needed = self.len + data.len();
         if needed > self.capacity {
-            let mut grown = Self::with_capacity(needed.max(self.capacity * 2));
-            grown.spare_mut()[..self.len].copy_from_slice(self.as_slice());
-            grown.len = self.len;
-            *self = grown;
+            self.reserve_more(needed.max(self.capacity * 2) - self.len);
         }
         let start = self.len;
         self.spare_mut()[start..needed].copy_from_slice(data);

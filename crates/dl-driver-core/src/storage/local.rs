@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,6 +77,18 @@ impl LocalStore {
         range: Option<Range<u64>>,
         buf: &mut AlignedBuf,
     ) -> io::Result<(u64, usize)> {
+        self.read_timed(location, range, buf, None).map(|(size, skip, _)| (size, skip))
+    }
+
+    /// [`Self::read_into`] issuing reads of at most `transfer` bytes (rounded up to the O_DIRECT alignment);
+    /// also returns when the first bytes arrived.
+    pub fn read_timed(
+        &self,
+        location: &Path,
+        range: Option<Range<u64>>,
+        buf: &mut AlignedBuf,
+        transfer: Option<usize>,
+    ) -> io::Result<(u64, usize, Instant)> {
         let path = self.path_of(location);
         let file = self.open_read(&path)?;
         let size = file.metadata()?.len();
@@ -94,11 +107,15 @@ impl LocalStore {
             (range.start, 0)
         };
         let wanted = skip + (range.end - range.start) as usize;
-        let transfer = if self.direct { round_up(wanted, ALIGN) } else { wanted };
-        buf.reserve_exact_discarding(transfer);
+        let total = if self.direct { round_up(wanted, ALIGN) } else { wanted };
+        let step = transfer.map_or(total, |t| if self.direct { round_up(t, ALIGN) } else { t.max(1) });
+        buf.reserve_exact_discarding(total);
         let mut done = 0;
+        let mut first_byte = None;
         while done < wanted {
-            let n = file.read_at(&mut buf.spare_mut()[done..transfer], start + done as u64)?;
+            let end = total.min(done + step);
+            let n = file.read_at(&mut buf.spare_mut()[done..end], start + done as u64)?;
+            first_byte.get_or_insert_with(Instant::now);
             if n == 0 {
                 break;
             }
@@ -111,7 +128,7 @@ impl LocalStore {
             ));
         }
         buf.set_len(wanted);
-        Ok((size, skip))
+        Ok((size, skip, first_byte.unwrap_or_else(Instant::now)))
     }
 
     /// Writes `chunks` to `location` through a temporary file renamed into place.

@@ -10,6 +10,7 @@ mod uri;
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -235,16 +236,28 @@ impl Store {
         &self,
         key: &str,
         range: Option<Range<u64>>,
-        mut buf: AlignedBuf,
+        buf: AlignedBuf,
     ) -> Result<(AlignedBuf, usize), StorageError> {
+        self.fetch(key, range, buf, None).await.map(|f| (f.buf, f.skip))
+    }
+
+    /// [`Self::read_into`] in requests of at most `transfer` bytes (one request when `None`), timing the first byte.
+    pub async fn fetch(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        mut buf: AlignedBuf,
+        transfer: Option<usize>,
+    ) -> Result<Fetched, StorageError> {
         let location = self.location(key)?;
+        let started = Instant::now();
         if let Some(local) = &self.local {
             let local = Arc::clone(local);
             let shown = self.shown(key);
             return tokio::task::spawn_blocking(move || {
                 local
-                    .read_into(&location, range, &mut buf)
-                    .map(|(_, skip)| (buf, skip))
+                    .read_timed(&location, range, &mut buf, transfer)
+                    .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
                     .map_err(|e| StorageError::from_io(&shown, "read", &e))
             })
             .await
@@ -254,15 +267,34 @@ impl Store {
                 message: e.to_string(),
             })?;
         }
-        let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
-        let result = self.inner.get_opts(&location, options).await.map_err(|e| self.fail(key, "get", &e))?;
-        let expected = (result.range.end - result.range.start) as usize;
-        buf.reserve_exact_discarding(expected);
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.try_next().await.map_err(|e| self.fail(key, "get", &e))? {
-            buf.extend_from_slice(&chunk);
+        let (range, mut first_byte) = match (range, transfer) {
+            (range, None) => (range, None),
+            (Some(r), Some(_)) => (Some(r), None),
+            (None, Some(_)) => (Some(0..self.head(key).await?.size), Some(started.elapsed())),
+        };
+        let requests: Vec<Option<Range<u64>>> = match (range, transfer) {
+            (Some(r), Some(t)) => {
+                let t = t.max(1) as u64;
+                (r.start..r.end)
+                    .step_by(usize::try_from(t).unwrap_or(usize::MAX))
+                    .map(|s| Some(s..r.end.min(s + t)))
+                    .collect()
+            }
+            (range, _) => vec![range],
+        };
+        buf.reserve_exact_discarding(0);
+        for range in requests {
+            let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+            let result = self.inner.get_opts(&location, options).await.map_err(|e| self.fail(key, "get", &e))?;
+            first_byte.get_or_insert_with(|| started.elapsed());
+            let expected = (result.range.end - result.range.start) as usize;
+            buf.reserve_more(expected);
+            let mut stream = result.into_stream();
+            while let Some(chunk) = stream.try_next().await.map_err(|e| self.fail(key, "get", &e))? {
+                buf.extend_from_slice(&chunk);
+            }
         }
-        Ok((buf, 0))
+        Ok(Fetched { buf, skip: 0, first_byte: first_byte.unwrap_or_default() })
     }
 
     /// Size and modification time of the object.
@@ -342,6 +374,15 @@ impl Store {
             Err(e) => Err(self.fail(key, "delete", &e)),
         }
     }
+}
+
+/// The result of [`Store::fetch`]: the bytes are `buf.as_slice()[skip..]`.
+#[derive(Debug)]
+pub struct Fetched {
+    pub buf: AlignedBuf,
+    pub skip: usize,
+    /// From the call to the first bytes (the response headers on object stores).
+    pub first_byte: Duration,
 }
 
 /// What [`Store::read_objects`] measured.

@@ -1,0 +1,44 @@
+//! How ranks talk: a [`Communicator`] gives the rank, the world size, a barrier and an all-gather. The engine only
+//! uses this trait; [`SingleProcess`] is the built-in one (one process, or one rank of a run launched by hand with
+//! `--rank/--world-size`, whose barrier waits for nobody). MPI and torch.distributed communicators come from Python.
+
+/// Collective operations across the ranks of a run.
+pub trait Communicator: Send + Sync {
+    fn rank(&self) -> u64;
+    fn size(&self) -> u64;
+    /// Returns when every rank has called it.
+    fn barrier(&self) -> Result<(), String>;
+    /// Every rank's `value`, in rank order (on every rank).
+    fn all_gather(&self, value: String) -> Result<Vec<String>, String>;
+}
+
+/// One rank that waits for nobody: its gathers hold only its own value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SingleProcess {
+    pub rank: u64,
+    pub size: u64,
+}
+
+impl Default for SingleProcess {
+    fn default() -> Self {
+        Self { rank: 0, size: 1 }
+    }
+}
+
+impl Communicator for SingleProcess {
+    fn rank(&self) -> u64 {
+        self.rank
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn barrier(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn all_gather(&self, value: String) -> Result<Vec<String>, String> {
+        Ok(vec![value])
+    }
+}

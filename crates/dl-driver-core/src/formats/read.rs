@@ -1,0 +1,421 @@
+//! Reading samples back: where a sample lives in its file ([`FileLayout`], loaded once per file) and the decoding
+//! that touches what DLIO's readers touch — the whole npz/npy/csv/image file per sample (np.load, pandas, PIL read
+//! it all), the record for tfrecord (found through the `index/` file, else by walking the framing), the dataset rows
+//! for hdf5, the offset/size slice for indexed_binary. Decoding checks what a real reader would (zip and npy headers,
+//! TFRecord CRCs, image magic numbers) so a corrupt or foreign file fails loudly instead of being timed as valid.
+//! Pixels are not decompressed: the benchmark measures storage, not a JPEG codec.
+
+use std::io;
+use std::ops::Range;
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+use crate::config::Format;
+
+/// Where the samples of one file are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileLayout {
+    /// Each sample reads the whole file.
+    Whole,
+    /// Sample i is the byte range `records[i]` (tfrecord records with their framing, indexed_binary slices).
+    Records(Vec<Range<u64>>),
+    /// Sample i is row i of each dataset: `bases[d] + i * row .. + row` (hdf5 with contiguous datasets).
+    Rows { bases: Vec<u64>, row: u64 },
+    /// Nothing to read (the synthetic format).
+    Nothing,
+}
+
+impl FileLayout {
+    /// The byte ranges sample `index` reads (`None`: the whole file).
+    pub fn ranges(&self, index: u64, key: &str) -> io::Result<Option<Vec<Range<u64>>>> {
+        let missing = || invalid(format!("{key}: has no sample {index}"));
+        Ok(match self {
+            Self::Whole => None,
+            Self::Records(r) => {
+                Some(vec![r.get(usize::try_from(index).map_err(|_| missing())?).ok_or_else(missing)?.clone()])
+            }
+            Self::Rows { bases, row } => Some(bases.iter().map(|b| b + index * row..b + (index + 1) * row).collect()),
+            Self::Nothing => Some(Vec::new()),
+        })
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Parses an index file of "offset length" lines (DLIO's tfrecord index) into record ranges.
+pub fn parse_tfrecord_index(text: &[u8], key: &str) -> io::Result<Vec<Range<u64>>> {
+    let text = std::str::from_utf8(text).map_err(|_| invalid(format!("{key}: not a text index")))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            let mut parts = line.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(offset)), Some(Ok(len))) => Ok(offset..offset + len),
+                _ => Err(invalid(format!("{key}: line {}: expected 'offset length', got '{line}'", n + 1))),
+            }
+        })
+        .collect()
+}
+
+/// The record ranges of a TFRecord file, by walking its framing (length, masked CRC, data, masked CRC).
+pub fn frame_tfrecords(file: &[u8], key: &str) -> io::Result<Vec<Range<u64>>> {
+    let mut at = 0usize;
+    let mut records = Vec::new();
+    while at < file.len() {
+        let header =
+            file.get(at..at + 12).ok_or_else(|| invalid(format!("{key}: truncated record header at byte {at}")))?;
+        let len = usize::try_from(u64::from_le_bytes(header[..8].try_into().expect("8 bytes")))
+            .map_err(|_| invalid(format!("{key}: record length too large at byte {at}")))?;
+        let end = at.checked_add(16 + len).filter(|e| *e <= file.len());
+        let end = end.ok_or_else(|| invalid(format!("{key}: record at byte {at} runs past the end of the file")))?;
+        records.push(at as u64..end as u64);
+        at = end;
+    }
+    Ok(records)
+}
+
+/// Little-endian u64 arrays (indexed_binary's `.off.idx` and `.sz.idx`) into ranges.
+pub fn indexed_ranges(offsets: &[u8], sizes: &[u8], key: &str) -> io::Result<Vec<Range<u64>>> {
+    if !offsets.len().is_multiple_of(8) || offsets.len() != sizes.len() {
+        return Err(invalid(format!(
+            "{key}: .off.idx ({} bytes) and .sz.idx ({} bytes) must hold the same number of u64 values",
+            offsets.len(),
+            sizes.len()
+        )));
+    }
+    let u64s =
+        |b: &[u8]| b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect::<Vec<_>>();
+    Ok(u64s(offsets).into_iter().zip(u64s(sizes)).map(|(o, s)| o..o + s).collect())
+}
+
+/// Checks a sample's bytes as `format`'s reader would; returns the decoded payload size in bytes.
+pub fn decode(format: Format, bytes: &[u8], key: &str) -> io::Result<u64> {
+    match format {
+        Format::Npz => npz_array_bytes(bytes, "x.npy", key),
+        Format::Npy => npy_array_bytes(bytes, key),
+        Format::Tfrecord => tfrecord_record(bytes, key),
+        Format::Jpeg => magic(bytes, &[0xff, 0xd8, 0xff], "JPEG", key),
+        Format::Png => magic(bytes, b"\x89PNG\r\n\x1a\n", "PNG", key),
+        Format::Csv => csv_bytes(bytes, key),
+        Format::Hdf5 | Format::IndexedBinary | Format::MmapIndexedBinary | Format::Synthetic => Ok(bytes.len() as u64),
+    }
+}
+
+/// pandas reads the whole text, gunzipping `.csv.gz`: the decoded text's size.
+fn csv_bytes(bytes: &[u8], key: &str) -> io::Result<u64> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes.len() as u64);
+    }
+    let mut decoder = flate2::read::MultiGzDecoder::new(bytes);
+    io::copy(&mut decoder, &mut io::sink()).map_err(|e| invalid(format!("{key}: corrupt gzip stream: {e}")))
+}
+
+fn magic(bytes: &[u8], expected: &[u8], what: &str, key: &str) -> io::Result<u64> {
+    if bytes.starts_with(expected) {
+        Ok(bytes.len() as u64)
+    } else {
+        Err(invalid(format!("{key}: not a {what} file (bad magic number)")))
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")))
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The npy header's dtype size and shape, and where the data starts.
+fn npy_header(bytes: &[u8], key: &str) -> io::Result<(u64, Vec<u64>, usize)> {
+    let bad = |why: &str| invalid(format!("{key}: not a valid .npy array: {why}"));
+    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
+        return Err(bad("no \\x93NUMPY magic"));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (le16(bytes, 8) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (le32(bytes, 8) as usize, 12),
+        v => return Err(bad(&format!("unsupported version {v}"))),
+    };
+    let header = bytes.get(start..start + len).ok_or_else(|| bad("truncated header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let field = |name: &str| {
+        let at = header.find(&format!("'{name}':")).ok_or_else(|| bad(&format!("no '{name}' in the header")))?;
+        Ok::<&str, io::Error>(header[at + name.len() + 3..].trim_start())
+    };
+    let descr = field("descr")?;
+    let size: u64 = descr
+        .trim_start_matches('\'')
+        .chars()
+        .skip(2)
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .map_err(|_| bad("unreadable descr"))?;
+    let shape = field("shape")?;
+    let shape = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or_else(|| bad("unreadable shape"))?;
+    let dims = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|d| d.parse::<u64>().map_err(|_| bad("unreadable shape")))
+        .collect::<io::Result<Vec<u64>>>()?;
+    Ok((size, dims, start + len))
+}
+
+/// Bytes of the array in an .npy file, after checking the file holds all of it.
+pub fn npy_array_bytes(bytes: &[u8], key: &str) -> io::Result<u64> {
+    let (size, dims, data) = npy_header(bytes, key)?;
+    let expected = dims.iter().product::<u64>() * size;
+    if ((bytes.len() - data) as u64) < expected {
+        return Err(invalid(format!(
+            "{key}: the array of shape {dims:?} needs {expected} bytes, the file holds {}",
+            bytes.len() - data
+        )));
+    }
+    Ok(expected)
+}
+
+/// Finds `member` in a zip (npz) through its central directory and returns its array's size, inflating it when
+/// deflated (as numpy.load does).
+pub fn npz_array_bytes(bytes: &[u8], member: &str, key: &str) -> io::Result<u64> {
+    let bad = |why: String| invalid(format!("{key}: not a valid .npz file: {why}"));
+    let eocd = (0..bytes.len().saturating_sub(21))
+        .rev()
+        .take(65_557)
+        .find(|&i| bytes[i..].starts_with(b"PK\x05\x06"))
+        .ok_or_else(|| bad("no end of central directory".into()))?;
+    let (mut entries, mut cd) = (le16(bytes, eocd + 10), le32(bytes, eocd + 16));
+    if (entries == 0xffff || cd == 0xffff_ffff) && eocd >= 20 && bytes[eocd - 20..].starts_with(b"PK\x06\x07") {
+        let z = usize::try_from(le64(bytes, eocd - 20 + 8)).map_err(|_| bad("zip64 offset".into()))?;
+        if !bytes.get(z..).is_some_and(|b| b.starts_with(b"PK\x06\x06")) || bytes.len() < z + 56 {
+            return Err(bad("broken zip64 end record".into()));
+        }
+        entries = le64(bytes, z + 32);
+        cd = le64(bytes, z + 48);
+    }
+    let mut at = usize::try_from(cd).map_err(|_| bad("central directory offset".into()))?;
+    for _ in 0..entries {
+        let entry = bytes.get(at..at + 46).filter(|e| e.starts_with(b"PK\x01\x02"));
+        let entry = entry.ok_or_else(|| bad(format!("broken central directory at byte {at}")))?;
+        let (method, name_len, extra_len, comment_len) =
+            (le16(entry, 10), le16(entry, 28) as usize, le16(entry, 30) as usize, le16(entry, 32) as usize);
+        let (mut compressed, mut size, mut local) = (le32(entry, 20), le32(entry, 24), le32(entry, 42));
+        let name = bytes.get(at + 46..at + 46 + name_len).ok_or_else(|| bad("truncated name".into()))?;
+        let extra = bytes.get(at + 46 + name_len..at + 46 + name_len + extra_len).unwrap_or(&[]);
+        zip64_sizes(extra, &mut size, &mut compressed, &mut local);
+        at += 46 + name_len + extra_len + comment_len;
+        if name != member.as_bytes() {
+            continue;
+        }
+        let local = usize::try_from(local).map_err(|_| bad("member offset".into()))?;
+        let header = bytes.get(local..local + 30).filter(|h| h.starts_with(b"PK\x03\x04"));
+        let header = header.ok_or_else(|| bad(format!("no local header for {member}")))?;
+        let start = local + 30 + le16(header, 26) as usize + le16(header, 28) as usize;
+        let data = usize::try_from(compressed).ok().and_then(|c| bytes.get(start..start + c));
+        let data = data.ok_or_else(|| bad(format!("{member} runs past the end of the file")))?;
+        return match method {
+            0 => npy_array_bytes(data, key),
+            8 => inflated_npy_bytes(data, size, key),
+            m => Err(bad(format!("{member} uses compression method {m}, expected stored (0) or deflate (8)"))),
+        };
+    }
+    Err(bad(format!("no member {member}")))
+}
+
+fn zip64_sizes(mut extra: &[u8], size: &mut u64, compressed: &mut u64, local: &mut u64) {
+    while extra.len() >= 4 {
+        let (id, len) = (le16(extra, 0), le16(extra, 2) as usize);
+        let body = extra.get(4..4 + len).unwrap_or(&[]);
+        if id == 1 {
+            let mut fields = body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+            for slot in [size, compressed, local] {
+                if *slot == 0xffff_ffff {
+                    if let Some(v) = fields.next() {
+                        *slot = v;
+                    }
+                }
+            }
+            return;
+        }
+        extra = extra.get(4 + len..).unwrap_or(&[]);
+    }
+}
+
+/// Inflates a deflated .npy member in pieces (no buffer of its full size) and checks its header and length.
+fn inflated_npy_bytes(data: &[u8], size: u64, key: &str) -> io::Result<u64> {
+    let mut inflater = Decompress::new(false);
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut head = Vec::new();
+    loop {
+        let before = inflater.total_out();
+        let consumed = usize::try_from(inflater.total_in()).unwrap_or(usize::MAX);
+        let status = inflater
+            .decompress(&data[consumed.min(data.len())..], &mut chunk, FlushDecompress::None)
+            .map_err(|e| invalid(format!("{key}: corrupt deflate stream: {e}")))?;
+        let produced = usize::try_from(inflater.total_out() - before).unwrap_or(0);
+        if head.len() < 4096 {
+            head.extend_from_slice(&chunk[..produced.min(4096 - head.len())]);
+        }
+        match status {
+            Status::StreamEnd => break,
+            _ if produced == 0 && inflater.total_in() as usize >= data.len() => {
+                return Err(invalid(format!("{key}: deflate stream ends early")))
+            }
+            _ => {}
+        }
+    }
+    if inflater.total_out() != size {
+        return Err(invalid(format!("{key}: inflated to {} bytes, the zip says {size}", inflater.total_out())));
+    }
+    let (item, dims, data_at) = npy_header(&head, key)?;
+    let expected = dims.iter().product::<u64>() * item;
+    if size - data_at as u64 != expected {
+        return Err(invalid(format!("{key}: the array of shape {dims:?} needs {expected} bytes")));
+    }
+    Ok(expected)
+}
+
+/// Checks one framed TFRecord (both masked CRC-32Cs, as TensorFlow's reader does); returns the Example's size.
+fn tfrecord_record(bytes: &[u8], key: &str) -> io::Result<u64> {
+    let bad = |why: &str| invalid(format!("{key}: corrupt TFRecord: {why}"));
+    if bytes.len() < 16 {
+        return Err(bad("shorter than its framing"));
+    }
+    let len = le64(bytes, 0);
+    if len != bytes.len() as u64 - 16 {
+        return Err(bad(&format!("length field says {len} bytes, the record holds {}", bytes.len() - 16)));
+    }
+    if le32(bytes, 8) != u64::from(super::tfrecord::masked_crc(crc32c::crc32c(&bytes[..8]))) {
+        return Err(bad("length CRC mismatch"));
+    }
+    let data = &bytes[12..bytes.len() - 4];
+    if le32(bytes, bytes.len() - 4) != u64::from(super::tfrecord::masked_crc(crc32c::crc32c(data))) {
+        return Err(bad("data CRC mismatch"));
+    }
+    Ok(len)
+}
+
+/// The dataset rows of an HDF5 file written with superblock v2/v3 and contiguous datasets `records_*` (as
+/// dl-driver writes them); `None` for other layouts (h5py's default superblock v0), which are then read whole.
+pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
+    if !header.starts_with(b"\x89HDF\r\n\x1a\n") || !matches!(header.get(8), Some(2 | 3)) || header.get(9) != Some(&8) {
+        return None;
+    }
+    let root = usize::try_from(le64(header.get(..44)?, 36)).ok()?;
+    let mut datasets: Vec<(String, u64)> = messages(header, root)?
+        .into_iter()
+        .filter(|(kind, _)| *kind == 0x06)
+        .filter_map(|(_, m)| {
+            let flags = *m.get(1)?;
+            let mut at = 2 + usize::from(flags & 0x08 != 0) + if flags & 0x04 != 0 { 8 } else { 0 };
+            at += usize::from(flags & 0x10 != 0);
+            let width = 1usize << (flags & 3);
+            let mut len = 0usize;
+            for i in 0..width {
+                len |= usize::from(*m.get(at + i)?) << (8 * i);
+            }
+            at += width;
+            let name = std::str::from_utf8(m.get(at..at + len)?).ok()?.to_string();
+            let link_type = if flags & 0x08 != 0 { m[2] } else { 0 };
+            (link_type == 0).then(|| Some((name, le64(m.get(at + len..at + len + 8)?, 0))))?
+        })
+        .filter(|(name, _)| name.starts_with("records_"))
+        .collect();
+    datasets.sort_by_key(|(name, _)| name.trim_start_matches("records_").parse::<u64>().unwrap_or(u64::MAX));
+    let mut bases = Vec::new();
+    let mut row = None;
+    for (_, address) in datasets {
+        let mut dims = None;
+        let (mut element, mut base) = (None, None);
+        for (kind, m) in messages(header, usize::try_from(address).ok()?)? {
+            match kind {
+                0x01 if m.first() == Some(&2) => {
+                    let n = usize::from(*m.get(1)?);
+                    dims = Some(
+                        (0..n).map(|i| m.get(4 + 8 * i..12 + 8 * i).map(|b| le64(b, 0))).collect::<Option<Vec<_>>>()?,
+                    );
+                }
+                0x03 => element = Some(le32(m.get(..8)?, 4)),
+                0x08 if m.get(..2) == Some(&[3, 1]) => base = Some(le64(m.get(..10)?, 2)),
+                _ => {}
+            }
+        }
+        let (dims, element, base) = (dims?, element?, base?);
+        let this_row = dims.get(1..)?.iter().product::<u64>() * element;
+        if row.is_some_and(|r| r != this_row) {
+            return None;
+        }
+        row = Some(this_row);
+        bases.push(base);
+    }
+    Some(FileLayout::Rows { bases, row: row? })
+}
+
+/// The messages of a version 2 object header at `at` (no continuation blocks: ours have none).
+fn messages(bytes: &[u8], at: usize) -> Option<Vec<(u8, &[u8])>> {
+    let h = bytes.get(at..)?;
+    if !h.starts_with(b"OHDR") || h.get(4) != Some(&2) {
+        return None;
+    }
+    let flags = h[5];
+    let mut p = 6 + if flags & 0x20 != 0 { 16 } else { 0 } + if flags & 0x10 != 0 { 4 } else { 0 };
+    let width = 1usize << (flags & 3);
+    let mut size = 0usize;
+    for i in 0..width {
+        size |= usize::from(*h.get(p + i)?) << (8 * i);
+    }
+    p += width;
+    let end = p.checked_add(size)?;
+    let mut out = Vec::new();
+    while p + 4 <= end {
+        let kind = h[p];
+        let len = le16(h, p + 1) as usize;
+        p += 4 + if flags & 0x04 != 0 { 2 } else { 0 };
+        out.push((kind, h.get(p..p + len)?));
+        p += len;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_headers_are_checked() {
+        let mut file = crate::formats::npy::header("<f4", &[2, 3, 4]);
+        file.extend_from_slice(&[0u8; 96]);
+        assert_eq!(npy_array_bytes(&file, "a.npy").unwrap(), 96);
+        let e = npy_array_bytes(&file[..file.len() - 1], "a.npy").unwrap_err();
+        assert!(e.to_string().contains("a.npy: the array of shape [2, 3, 4] needs 96 bytes"), "{e}");
+        assert!(npy_array_bytes(b"PK\x03\x04junkjunk", "a.npy").unwrap_err().to_string().contains("magic"));
+    }
+
+    #[test]
+    fn tfrecord_framing_and_crcs() {
+        let mut file = Vec::new();
+        for payload in [&b"hello"[..], b"world!"] {
+            let len = (payload.len() as u64).to_le_bytes();
+            file.extend_from_slice(&len);
+            file.extend_from_slice(&crate::formats::tfrecord::masked_crc(crc32c::crc32c(&len)).to_le_bytes());
+            file.extend_from_slice(payload);
+            file.extend_from_slice(&crate::formats::tfrecord::masked_crc(crc32c::crc32c(payload)).to_le_bytes());
+        }
+        let records = frame_tfrecords(&file, "t").unwrap();
+        assert_eq!(records, vec![0..21, 21..43]);
+        assert_eq!(decode(Format::Tfrecord, &file[21..43], "t").unwrap(), 6);
+        file[35] ^= 1;
+        assert!(decode(Format::Tfrecord, &file[21..43], "t").unwrap_err().to_string().contains("data CRC"));
+        assert!(frame_tfrecords(&file[..40], "t").unwrap_err().to_string().contains("past the end"));
+        assert_eq!(parse_tfrecord_index(b"0 21\n21 22\n", "i").unwrap(), records);
+        assert!(parse_tfrecord_index(b"0 x\n", "i").unwrap_err().to_string().contains("line 1"));
+    }
+}

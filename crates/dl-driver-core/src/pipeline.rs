@@ -1,0 +1,376 @@
+//! The reader pipeline: `read_threads` sample reads in flight through the storage layer, each a task on the runtime
+//! (so decoding uses every core), delivered in the sampler's order as batches, `prefetch_size` batches ready ahead.
+//! Reads go into page-aligned buffers from a pool that is reused for the whole run; a batch's bytes are copied into
+//! one pooled batch buffer only when the consumer wants the data (Python), so assembling a batch allocates nothing
+//! per sample. `reader.read_type: memory` reads each file once per epoch and serves its samples from memory.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, OnceCell};
+
+use crate::config::Format;
+use crate::formats::read::{self, FileLayout};
+use crate::sampler::{EpochOrder, SampleId};
+use crate::storage::{AlignedBuf, StorageError, Store};
+
+/// Why reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Format(String),
+    #[error("{0}")]
+    Dataset(String),
+}
+
+/// What every reader of a phase shares.
+#[derive(Debug)]
+pub struct ReaderSpec {
+    pub store: Store,
+    /// Keys of the phase's files relative to the store, in global file order.
+    pub files: Vec<String>,
+    pub format: Format,
+    pub samples_per_file: u64,
+    pub read_threads: usize,
+    pub prefetch: usize,
+    /// Bytes per read request (`reader.transfer_size`).
+    pub transfer: Option<usize>,
+    /// `reader.read_type: memory`: read each file once per epoch.
+    pub whole_files: bool,
+    /// Copy each batch's sample bytes into the batch (for consumers of the data).
+    pub with_data: bool,
+}
+
+/// Time spent per sample in each stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SampleTimes {
+    pub first_byte: Duration,
+    pub read: Duration,
+    pub decode: Duration,
+}
+
+/// One batch, in the sampler's order.
+#[derive(Debug)]
+pub struct Batch {
+    pub samples: Vec<SampleId>,
+    /// Bytes read from storage for this batch.
+    pub bytes_read: u64,
+    /// Decoded payload bytes.
+    pub decoded: u64,
+    pub times: Vec<SampleTimes>,
+    /// With `with_data`: the samples' bytes back to back, sample i at `spans[i]`.
+    pub data: Option<AlignedBuf>,
+    pub spans: Vec<Range<usize>>,
+}
+
+/// Per-run state shared by the readers: file layouts (loaded once) and the buffer pool.
+#[derive(Debug)]
+pub struct Readers {
+    spec: ReaderSpec,
+    layouts: Mutex<HashMap<u64, Arc<OnceCell<Arc<FileLayout>>>>>,
+    pool: Mutex<Vec<AlignedBuf>>,
+}
+
+/// A file's bytes, read by the first sample that needs them.
+type SharedFile = Arc<OnceCell<Arc<AlignedBuf>>>;
+
+/// A file read once for several samples (`read_type: memory`), dropped after its last sample of the epoch.
+#[derive(Debug, Default)]
+struct FileCache {
+    /// File -> (bytes, samples of the epoch still to be served).
+    files: Mutex<HashMap<u64, (SharedFile, u64)>>,
+}
+
+struct SampleOut {
+    id: SampleId,
+    buf: Option<AlignedBuf>,
+    payload: Range<usize>,
+    bytes_read: u64,
+    decoded: u64,
+    times: SampleTimes,
+}
+
+impl Readers {
+    pub fn new(spec: ReaderSpec) -> Arc<Self> {
+        Arc::new(Self { spec, layouts: Mutex::default(), pool: Mutex::default() })
+    }
+
+    pub fn spec(&self) -> &ReaderSpec {
+        &self.spec
+    }
+
+    fn take_buf(&self) -> AlignedBuf {
+        self.pool.lock().expect("pool lock").pop().unwrap_or_else(|| AlignedBuf::with_capacity(0))
+    }
+
+    fn give_buf(&self, buf: AlignedBuf) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        if pool.len() < self.spec.read_threads + self.spec.prefetch + 2 {
+            pool.push(buf);
+        }
+    }
+
+    fn key(&self, file: u64) -> Result<&str, PipelineError> {
+        self.spec.files.get(usize::try_from(file).unwrap_or(usize::MAX)).map(String::as_str).ok_or_else(|| {
+            PipelineError::Dataset(format!(
+                "sample of file {file} requested, the phase has {} files",
+                self.spec.files.len()
+            ))
+        })
+    }
+
+    fn format_error(&self, e: &io::Error) -> PipelineError {
+        PipelineError::Format(format!("{}: {e}", self.spec.store.uri()))
+    }
+
+    /// The layout of `file`, loaded on first use.
+    async fn layout(&self, file: u64) -> Result<Arc<FileLayout>, PipelineError> {
+        let cell = Arc::clone(self.layouts.lock().expect("layout lock").entry(file).or_default());
+        cell.get_or_try_init(|| self.load_layout(file)).await.cloned()
+    }
+
+    async fn load_layout(&self, file: u64) -> Result<Arc<FileLayout>, PipelineError> {
+        let key = self.key(file)?;
+        let store = &self.spec.store;
+        let layout = match self.spec.format {
+            Format::Synthetic => FileLayout::Nothing,
+            Format::Tfrecord => {
+                let (folder, name) = key.rsplit_once('/').unwrap_or(("", key));
+                let split = folder.split('/').next().unwrap_or(folder);
+                let index = format!("index/{split}/{name}.idx");
+                match store.get(&index).await {
+                    Ok(text) => FileLayout::Records(
+                        read::parse_tfrecord_index(&text, &store.uri().join(&index).to_string())
+                            .map_err(|e| self.format_error(&e))?,
+                    ),
+                    Err(e) if e.is_not_found() => {
+                        let whole = store.get(key).await?;
+                        FileLayout::Records(read::frame_tfrecords(&whole, key).map_err(|e| self.format_error(&e))?)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Format::IndexedBinary | Format::MmapIndexedBinary => {
+                let (off, sz) = (format!("{key}.off.idx"), format!("{key}.sz.idx"));
+                let (offsets, sizes) = futures::try_join!(store.get(&off), store.get(&sz))?;
+                FileLayout::Records(read::indexed_ranges(&offsets, &sizes, key).map_err(|e| self.format_error(&e))?)
+            }
+            Format::Hdf5 => {
+                let head = store.get_range(key, 0..HDF5_HEADER).await?;
+                read::hdf5_rows(&head).unwrap_or(FileLayout::Whole)
+            }
+            Format::Npz | Format::Npy | Format::Csv | Format::Jpeg | Format::Png => FileLayout::Whole,
+        };
+        Ok(Arc::new(layout))
+    }
+
+    /// Reads and decodes one sample.
+    async fn read_sample(self: Arc<Self>, id: SampleId, cache: Arc<FileCache>) -> Result<SampleOut, PipelineError> {
+        let spf = self.spec.samples_per_file.max(1);
+        let (file, index) = (id / spf, id % spf);
+        let key = self.key(file)?.to_string();
+        let layout = self.layout(file).await?;
+        let mut times = SampleTimes::default();
+        let started = Instant::now();
+        let ranges = layout.ranges(index, &key).map_err(|e| self.format_error(&e))?;
+        let format = self.spec.format;
+        if self.spec.whole_files && *layout != FileLayout::Nothing {
+            let (file_bytes, bytes_read) = cache.get(&self, file, &key, &mut times).await?;
+            times.read = started.elapsed();
+            let decode_started = Instant::now();
+            let whole = 0..file_bytes.len() as u64;
+            let spans = ranges.unwrap_or_else(|| std::iter::once(whole).collect());
+            let mut decoded = 0;
+            for r in &spans {
+                let part = file_bytes.as_slice().get(r.start as usize..r.end as usize).ok_or_else(|| {
+                    PipelineError::Format(format!("{key}: sample {index} lies past the end of the file"))
+                })?;
+                decoded += read::decode(format, part, &key).map_err(|e| self.format_error(&e))?;
+            }
+            times.decode = decode_started.elapsed();
+            let payload = spans.first().map_or(0..0, |r| r.start as usize..r.end as usize);
+            let buf = self.spec.with_data.then(|| {
+                let mut b = self.take_buf();
+                b.reserve_exact_discarding(payload.len());
+                b.extend_from_slice(&file_bytes.as_slice()[payload.clone()]);
+                b
+            });
+            cache.release(file);
+            let len = buf.as_ref().map_or(0, AlignedBuf::len);
+            return Ok(SampleOut { id, buf, payload: 0..len, bytes_read, decoded, times });
+        }
+        let requests: Vec<Option<Range<u64>>> = match ranges {
+            None => vec![None],
+            Some(r) => r.into_iter().map(Some).collect(),
+        };
+        let (mut bytes_read, mut decoded) = (0, 0);
+        let mut buf = self.take_buf();
+        let mut payload = 0..0;
+        for range in requests {
+            let fetched = self.spec.store.fetch(&key, range, buf, self.spec.transfer).await?;
+            if bytes_read == 0 {
+                times.first_byte = fetched.first_byte;
+            }
+            times.read += started.elapsed().saturating_sub(times.read + times.decode);
+            let decode_started = Instant::now();
+            let bytes = &fetched.buf.as_slice()[fetched.skip..];
+            bytes_read += bytes.len() as u64;
+            decoded += read::decode(format, bytes, &key).map_err(|e| self.format_error(&e))?;
+            payload = fetched.skip..fetched.buf.len();
+            buf = fetched.buf;
+            times.decode += decode_started.elapsed();
+        }
+        let buf = if self.spec.with_data {
+            Some(buf)
+        } else {
+            self.give_buf(buf);
+            None
+        };
+        Ok(SampleOut { id, buf, payload, bytes_read, decoded, times })
+    }
+}
+
+/// Bytes read to find an HDF5 file's datasets.
+const HDF5_HEADER: u64 = 64 * 1024;
+
+impl FileCache {
+    fn for_order(order: &EpochOrder, spf: u64) -> Self {
+        let mut files: HashMap<u64, (SharedFile, u64)> = HashMap::new();
+        for id in &order.samples {
+            files.entry(id / spf.max(1)).or_default().1 += 1;
+        }
+        Self { files: Mutex::new(files) }
+    }
+
+    async fn get(
+        &self,
+        readers: &Readers,
+        file: u64,
+        key: &str,
+        times: &mut SampleTimes,
+    ) -> Result<(Arc<AlignedBuf>, u64), PipelineError> {
+        let cell = self.files.lock().expect("cache lock").get(&file).map(|(c, _)| Arc::clone(c));
+        let cell = cell.ok_or_else(|| PipelineError::Dataset(format!("{key}: not in this epoch's order")))?;
+        let mut read_now = 0;
+        let bytes = cell
+            .get_or_try_init(|| async {
+                let fetched = readers.spec.store.fetch(key, None, readers.take_buf(), readers.spec.transfer).await?;
+                times.first_byte = fetched.first_byte;
+                read_now = (fetched.buf.len() - fetched.skip) as u64;
+                let mut buf = fetched.buf;
+                if fetched.skip > 0 {
+                    let mut aligned = AlignedBuf::with_capacity(buf.len() - fetched.skip);
+                    aligned.extend_from_slice(&buf.as_slice()[fetched.skip..]);
+                    buf = aligned;
+                }
+                Ok::<_, PipelineError>(Arc::new(buf))
+            })
+            .await?;
+        Ok((Arc::clone(bytes), read_now))
+    }
+
+    fn release(&self, file: u64) {
+        let mut files = self.files.lock().expect("cache lock");
+        if let Some((_, left)) = files.get_mut(&file) {
+            *left -= 1;
+            if *left == 0 {
+                files.remove(&file);
+            }
+        }
+    }
+}
+
+/// An epoch's batches, read ahead in the background; dropping it stops the reads.
+#[derive(Debug)]
+pub struct Pipeline {
+    batches: mpsc::Receiver<Result<Batch, PipelineError>>,
+    task: tokio::task::JoinHandle<()>,
+    returned: Arc<Readers>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pipeline {
+    /// Starts reading the first `steps` batches of `order`.
+    pub fn start(readers: &Arc<Readers>, order: &Arc<EpochOrder>, batch_size: u64, steps: u64) -> Self {
+        let (tx, rx) = mpsc::channel(readers.spec.prefetch.max(1));
+        let spf = readers.spec.samples_per_file;
+        let cache =
+            Arc::new(if readers.spec.whole_files { FileCache::for_order(order, spf) } else { FileCache::default() });
+        let n = usize::try_from(steps * batch_size).unwrap_or(usize::MAX).min(order.samples.len());
+        let (readers_task, order) = (Arc::clone(readers), Arc::clone(order));
+        let task = tokio::spawn(async move {
+            let readers = readers_task;
+            let mut samples = futures::stream::iter(0..n)
+                .map(|i| {
+                    let (r, c, id) = (Arc::clone(&readers), Arc::clone(&cache), order.samples[i]);
+                    tokio::spawn(r.read_sample(id, c))
+                })
+                .buffered(readers.spec.read_threads.max(1));
+            let batch_len = usize::try_from(batch_size).unwrap_or(usize::MAX).max(1);
+            loop {
+                let mut batch = Batch {
+                    samples: Vec::with_capacity(batch_len),
+                    bytes_read: 0,
+                    decoded: 0,
+                    times: Vec::with_capacity(batch_len),
+                    data: readers.spec.with_data.then(|| readers.take_buf()),
+                    spans: Vec::new(),
+                };
+                if let Some(data) = &mut batch.data {
+                    data.reserve_exact_discarding(0);
+                }
+                while batch.samples.len() < batch_len {
+                    let Some(joined) = samples.next().await else { return };
+                    let out = match joined {
+                        Ok(Ok(out)) => out,
+                        Ok(Err(e)) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(PipelineError::Dataset(format!("a read task failed: {e}")))).await;
+                            return;
+                        }
+                    };
+                    batch.samples.push(out.id);
+                    batch.bytes_read += out.bytes_read;
+                    batch.decoded += out.decoded;
+                    batch.times.push(out.times);
+                    if let (Some(data), Some(buf)) = (&mut batch.data, out.buf) {
+                        let start = data.len();
+                        data.extend_from_slice(&buf.as_slice()[out.payload.clone()]);
+                        batch.spans.push(start..data.len());
+                        readers.give_buf(buf);
+                    }
+                }
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self { batches: rx, task, returned: Arc::clone(readers) }
+    }
+
+    /// The next batch; `None` after the last.
+    pub async fn next(&mut self) -> Option<Result<Batch, PipelineError>> {
+        self.batches.recv().await
+    }
+
+    /// Hands a consumed batch's buffer back for reuse.
+    pub fn recycle(&self, batch: Batch) {
+        if let Some(data) = batch.data {
+            self.returned.give_buf(data);
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! DLIO's run files in `output.folder` (dlio.md §7): `summary.json` (rank 0) with DLIO's field names and types,
+//! `{rank}_per_epoch_stats.json`, `{rank}_output.json`, the log file (`dlio.log`) with DLIO's console lines,
+//! `dlio_config/config.yaml` + `overrides.yaml`, and dl-driver's own `dl_driver_report.json` (rank 0) with every
+//! rank's access-order digests and per-stage latency percentiles.
+//!
+//! Differences from DLIO 2.0.0, on purpose: a value DLIO would write as the bare token NaN (a mean over no epochs)
+//! is written as `null`, which JSON readers accept; per-epoch stats are written by every rank.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Local};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::comm::Communicator;
+use crate::config::Config;
+use crate::metrics::{across_ranks, mean_stdev, LatencySummary};
+use crate::plan::Plan;
+use crate::runner::{BlockRecord, RankRecord, RunError, RunOptions};
+
+/// DLIO's timestamp: local time with microseconds, no zone.
+pub fn timestamp(t: &DateTime<Local>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+}
+
+/// DLIO's console and log lines: rank 0 prints `[OUTPUT] {ts} message` to stdout and appends it to the log file.
+#[derive(Debug)]
+pub struct Console {
+    log: Option<Mutex<fs::File>>,
+    print: bool,
+}
+
+fn output_error(path: &Path, e: &std::io::Error) -> RunError {
+    RunError::Output(format!("output.folder: cannot write {}: {e}", path.display()))
+}
+
+impl Console {
+    /// Creates the output folder; rank 0 starts a fresh log file there.
+    pub fn open(config: &Config, rank: u64, print: bool) -> Result<Self, RunError> {
+        let folder = PathBuf::from(&config.output.folder);
+        fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
+        if rank != 0 {
+            return Ok(Self { log: None, print: false });
+        }
+        let path = folder.join(&config.output.log_file);
+        let file = fs::File::create(&path).map_err(|e| output_error(&path, &e))?;
+        Ok(Self { log: Some(Mutex::new(file)), print })
+    }
+
+    /// One `[OUTPUT]` line with a timestamp.
+    pub fn out(&self, message: &str) {
+        self.raw(&format!("[OUTPUT] {} {message}", timestamp(&Local::now())));
+    }
+
+    /// Lines as given.
+    pub fn raw(&self, text: &str) {
+        let Some(log) = &self.log else { return };
+        if self.print {
+            println!("{text}");
+        }
+        // The log is best effort: a full disk must not turn a finished measurement into a failure.
+        let _ = writeln!(log.lock().expect("log lock"), "{text}");
+    }
+}
+
+/// Writes the config (redacted) and the overrides to `dlio_config/`, as DLIO's Hydra run dir keeps them.
+pub fn save_config(config: &Config, options: &RunOptions, rank: u64) -> Result<(), RunError> {
+    if rank != 0 {
+        return Ok(());
+    }
+    let folder = Path::new(&config.output.folder).join("dlio_config");
+    fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
+    let overrides = options.overrides.iter().fold(String::new(), |mut text, o| {
+        let _ = writeln!(text, "- {}", yaml_scalar(o));
+        text
+    });
+    let overrides = if overrides.is_empty() { "[]\n".to_string() } else { overrides };
+    for (name, text) in [("config.yaml", config.to_yaml(true)), ("overrides.yaml", overrides)] {
+        let path = folder.join(name);
+        fs::write(&path, text).map_err(|e| output_error(&path, &e))?;
+    }
+    Ok(())
+}
+
+fn yaml_scalar(text: &str) -> String {
+    serde_json::to_string(text).expect("strings serialize")
+}
+
+/// The report of a run: DLIO's summary plus dl-driver's details.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `summary.json` (rank 0's view; other ranks hold their own values).
+    pub summary: Value,
+    /// `dl_driver_report.json`.
+    pub details: Value,
+    pub output_folder: String,
+    pub interrupted: bool,
+}
+
+/// What one rank shares with the others at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RankShare {
+    rank: u64,
+    hostname: String,
+    memory_gib: f64,
+    cpus: u64,
+    train_au: Vec<f64>,
+    train_throughput: Vec<f64>,
+    eval_au: Vec<f64>,
+    eval_throughput: Vec<f64>,
+    digests: Vec<String>,
+    eval_digests: Vec<String>,
+    repeated_samples: Vec<u64>,
+    latency: std::collections::BTreeMap<String, LatencySummary>,
+    interrupted: bool,
+}
+
+/// Gathers every rank's results and writes the run files.
+pub fn finish(
+    config: &Config,
+    plan: &Plan,
+    comm: &dyn Communicator,
+    console: &Console,
+    record: &RankRecord,
+) -> Result<Report, RunError> {
+    let host = Host::probe();
+    let share = RankShare {
+        rank: record.rank,
+        hostname: host.hostname.clone(),
+        memory_gib: host.memory_gib,
+        cpus: host.cpus,
+        train_au: record.epochs.iter().map(|e| e.au).collect(),
+        train_throughput: record.epochs.iter().map(|e| e.throughput).collect(),
+        eval_au: record.epochs.iter().filter_map(|e| e.eval.as_ref().map(|b| b.au)).collect(),
+        eval_throughput: record.epochs.iter().filter_map(|e| e.eval.as_ref().map(|b| b.throughput)).collect(),
+        digests: record.epochs.iter().map(|e| e.digest.clone()).collect(),
+        eval_digests: record.epochs.iter().filter_map(|e| e.eval_digest.clone()).collect(),
+        repeated_samples: record.epochs.iter().map(|e| e.repeated_samples).collect(),
+        latency: record.latency.summaries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        interrupted: record.interrupted,
+    };
+    let gathered = comm.all_gather(serde_json::to_string(&share).expect("shares serialize")).map_err(RunError::Comm)?;
+    let ranks: Vec<RankShare> = gathered
+        .iter()
+        .map(|s| serde_json::from_str(s).map_err(|e| RunError::Comm(format!("a rank sent an unreadable result: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let folder = PathBuf::from(&config.output.folder);
+    let write = |name: String, value: &Value| {
+        let path = folder.join(name);
+        let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+        fs::write(&path, text + "\n").map_err(|e| output_error(&path, &e))
+    };
+    write(format!("{}_per_epoch_stats.json", record.rank), &per_epoch_stats(record))?;
+    write(format!("{}_output.json", record.rank), &rank_output(record, &host, config, comm))?;
+    let summary = summary(config, comm, record, &ranks, &host);
+    let interrupted = ranks.iter().any(|r| r.interrupted);
+    let details = json!({
+        "dl_driver_version": env!("CARGO_PKG_VERSION"),
+        "interrupted": interrupted,
+        "world_size": comm.size(),
+        "data_location": plan.data_location,
+        "format": plan.dataset.format,
+        "metric_definitions": "dlio.md §6: kept steps exclude output.metric.exclude_start_steps/exclude_end_steps",
+        "ranks": ranks,
+        "rank": record.rank,
+        "epochs": record.epochs.iter().map(epoch_details).collect::<Vec<_>>(),
+        "latency": share.latency,
+    });
+    if record.rank == 0 {
+        write("summary.json".into(), &summary)?;
+        write("dl_driver_report.json".into(), &details)?;
+        console.raw(&metric_block(config, &summary));
+        if interrupted {
+            console.out("Interrupted: the run files hold what was measured until then");
+        }
+        console.out(&format!("Saved outputs in {}", folder.display()));
+    }
+    Ok(Report { summary, details, output_folder: config.output.folder.clone(), interrupted })
+}
+
+fn block_details(b: &BlockRecord) -> Value {
+    json!({"duration": b.duration, "steps": b.steps.len(), "au": b.au, "throughput": b.throughput, "bytes_read": b.bytes_read})
+}
+
+fn epoch_details(e: &crate::runner::EpochRecord) -> Value {
+    json!({
+        "epoch": e.epoch,
+        "duration": e.duration,
+        "au": e.au,
+        "throughput": e.throughput,
+        "digest": e.digest,
+        "repeated_samples": e.repeated_samples,
+        "blocks": e.blocks.iter().map(block_details).collect::<Vec<_>>(),
+        "eval": e.eval.as_ref().map(block_details),
+        "eval_digest": e.eval_digest,
+    })
+}
+
+fn stamp_block(b: &BlockRecord) -> Value {
+    json!({"start": timestamp(&b.start), "end": timestamp(&b.end), "duration": format!("{:.2}", b.duration)})
+}
+
+fn per_epoch_stats(record: &RankRecord) -> Value {
+    let mut out = Map::new();
+    for e in &record.epochs {
+        let mut epoch = Map::new();
+        epoch.insert("start".into(), json!(timestamp(&e.start)));
+        for (i, b) in e.blocks.iter().enumerate() {
+            epoch.insert(format!("block{}", i + 1), stamp_block(b));
+        }
+        epoch.insert("end".into(), json!(timestamp(&e.end)));
+        epoch.insert("duration".into(), json!(format!("{:.2}", e.duration)));
+        if let Some(eval) = &e.eval {
+            epoch.insert("eval".into(), stamp_block(eval));
+        }
+        out.insert(e.epoch.to_string(), Value::Object(epoch));
+    }
+    Value::Object(out)
+}
+
+fn rank_output(record: &RankRecord, host: &Host, config: &Config, comm: &dyn Communicator) -> Value {
+    let mut out = Map::new();
+    out.insert("host_memory_GB".into(), json!(host.memory_gib));
+    out.insert("host_cpu_count".into(), json!(host.cpus));
+    out.insert("host_processor_name".into(), json!(host.processor));
+    let data = data_size_per_host_gib(config, comm.size(), 1);
+    out.insert("potential_caching".into(), json!(u8::from(data <= host.memory_gib)));
+    out.insert("host_cpuinfo".into(), json!(host.cpuinfo));
+    out.insert("host_meminfo".into(), json!(host.meminfo));
+    for e in &record.epochs {
+        let named: Vec<(String, &BlockRecord)> = e
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("block{}", i + 1), b))
+            .chain(e.eval.iter().map(|b| ("eval".to_string(), b)))
+            .collect();
+        let field =
+            |f: &dyn Fn(&BlockRecord) -> Value| Value::Object(named.iter().map(|(n, b)| (n.clone(), f(b))).collect());
+        let epoch = json!({
+            "load": field(&|b| json!(b.steps.iter().map(|s| s.load).collect::<Vec<_>>())),
+            "proc": field(&|b| json!(b.steps.iter().map(|s| s.proc).collect::<Vec<_>>())),
+            "throughput": field(&|b| json!(b.throughput)),
+            "au": field(&|b| json!(b.au)),
+            "compute": field(&|b| json!(b.steps.iter().map(|s| s.compute).collect::<Vec<_>>())),
+        });
+        out.insert(e.epoch.to_string(), epoch);
+    }
+    out.insert("hostname".into(), json!(host.hostname));
+    Value::Object(out)
+}
+
+/// DLIO: `(ranks_on_host * samples_per_file * num_files_train // world) * record_length / 2^30`.
+fn data_size_per_host_gib(config: &Config, world: u64, ranks_on_host: u64) -> f64 {
+    let d = &config.dataset;
+    let samples = (ranks_on_host * d.num_samples_per_file * d.num_files_train) / world.max(1);
+    samples as f64 * d.record_length_bytes / f64::from(1u32 << 30)
+}
+
+fn number(v: f64) -> Value {
+    // NaN (no epochs) has no JSON number: null.
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
+fn phase_metrics(
+    metric: &mut Map<String, Value>,
+    prefix: &str,
+    au_per_epoch: &[f64],
+    thr_per_epoch: &[f64],
+    config: &Config,
+) {
+    let (au_mean, au_std) = mean_stdev(au_per_epoch);
+    let (thr_mean, thr_std) = mean_stdev(thr_per_epoch);
+    let mib = config.dataset.record_length_bytes / f64::from(1u32 << 20);
+    let meets = if au_mean >= config.metric.au * 100.0 { "success" } else { "fail" };
+    metric.insert(format!("{prefix}_au_percentage"), json!(au_per_epoch));
+    metric.insert(format!("{prefix}_au_mean_percentage"), number(au_mean));
+    metric.insert(format!("{prefix}_au_meet_expectation"), json!(meets));
+    metric.insert(format!("{prefix}_au_stdev_percentage"), number(au_std));
+    metric.insert(format!("{prefix}_throughput_samples_per_second"), json!(thr_per_epoch));
+    metric.insert(format!("{prefix}_throughput_mean_samples_per_second"), number(thr_mean));
+    metric.insert(format!("{prefix}_throughput_stdev_samples_per_second"), number(thr_std));
+    metric.insert(format!("{prefix}_io_mean_MB_per_second"), number(thr_mean * mib));
+    metric.insert(format!("{prefix}_io_stdev_MB_per_second"), number(thr_std * mib));
+}
+
+/// Per-epoch values reduced across ranks (AU mean, throughput sum), epochs every rank completed.
+fn reduce(
+    ranks: &[RankShare],
+    au: fn(&RankShare) -> &Vec<f64>,
+    thr: fn(&RankShare) -> &Vec<f64>,
+) -> (Vec<f64>, Vec<f64>) {
+    let epochs = ranks.iter().map(|r| au(r).len().min(thr(r).len())).min().unwrap_or(0);
+    (0..epochs).map(|e| across_ranks(&ranks.iter().map(|r| (au(r)[e], thr(r)[e])).collect::<Vec<_>>())).unzip()
+}
+
+fn summary(config: &Config, comm: &dyn Communicator, record: &RankRecord, ranks: &[RankShare], host: &Host) -> Value {
+    let mut hosts: Vec<(&str, f64, u64, u64)> = Vec::new();
+    for r in ranks {
+        match hosts.iter_mut().find(|h| h.0 == r.hostname) {
+            Some(h) => h.3 += 1,
+            None => hosts.push((&r.hostname, r.memory_gib, r.cpus, 1)),
+        }
+    }
+    let per_node = hosts.iter().map(|h| h.3).max().unwrap_or(1);
+    let data_per_host = data_size_per_host_gib(config, comm.size(), per_node);
+    let mut metric = Map::new();
+    let (au, thr) = reduce(ranks, |r| &r.train_au, |r| &r.train_throughput);
+    phase_metrics(&mut metric, "train", &au, &thr, config);
+    if config.workflow.evaluation {
+        let (au, thr) = reduce(ranks, |r| &r.eval_au, |r| &r.eval_throughput);
+        phase_metrics(&mut metric, "eval", &au, &thr, config);
+    }
+    let d = &config.dataset;
+    let mut s = Map::new();
+    s.insert("start".into(), json!(timestamp(&record.start)));
+    s.insert("num_accelerators".into(), json!(comm.size()));
+    s.insert("num_hosts".into(), json!(hosts.len().max(1)));
+    s.insert("hostname".into(), json!(host.hostname));
+    s.insert("metric".into(), Value::Object(metric));
+    s.insert("num_files_train".into(), json!(d.num_files_train));
+    s.insert("num_files_eval".into(), json!(d.num_files_eval));
+    s.insert("num_samples_per_file".into(), json!(d.num_samples_per_file));
+    s.insert("host_cpu_count".into(), json!(hosts.iter().map(|h| h.2).collect::<Vec<_>>()));
+    s.insert("host_processor_name".into(), json!(host.processor));
+    s.insert(
+        "potential_caching".into(),
+        json!(hosts.iter().map(|h| u8::from(h.1 > data_per_host)).collect::<Vec<_>>()),
+    );
+    s.insert("host_cpuinfo".into(), json!(host.cpuinfo));
+    s.insert("host_meminfo".into(), json!(host.meminfo));
+    s.insert("host_memory_GB".into(), json!(hosts.iter().map(|h| h.1).collect::<Vec<_>>()));
+    s.insert("data_size_per_host_GB".into(), json!(data_per_host));
+    s.insert("epochs".into(), json!(ranks.iter().map(|r| r.train_au.len()).min().unwrap_or(0)));
+    s.insert("end".into(), json!(timestamp(&record.end)));
+    Value::Object(s)
+}
+
+/// DLIO's final `[METRIC]` block.
+fn metric_block(config: &Config, summary: &Value) -> String {
+    let m = &summary["metric"];
+    let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    let rule = format!("[METRIC] {}", "=".repeat(58));
+    let mut t = String::from("[OUTPUT] Averaged metric over all epochs\n");
+    let _ = writeln!(t, "{rule}");
+    let _ = writeln!(t, "[METRIC] Number of Simulated Accelerators: {} ", summary["num_accelerators"]);
+    let _ = writeln!(
+        t,
+        "[METRIC] Training Accelerator Utilization [AU] (%): {:.4} ({:.4})",
+        f("train_au_mean_percentage"),
+        f("train_au_stdev_percentage")
+    );
+    let _ = writeln!(
+        t,
+        "[METRIC] Training Throughput (samples/second): {:.4} ({:.4})",
+        f("train_throughput_mean_samples_per_second"),
+        f("train_throughput_stdev_samples_per_second")
+    );
+    let _ = writeln!(
+        t,
+        "[METRIC] Training I/O Throughput (MB/second): {:.4} ({:.4})",
+        f("train_io_mean_MB_per_second"),
+        f("train_io_stdev_MB_per_second")
+    );
+    let _ = writeln!(
+        t,
+        "[METRIC] train_au_meet_expectation: {}",
+        m["train_au_meet_expectation"].as_str().unwrap_or("fail")
+    );
+    if config.workflow.evaluation {
+        let _ = writeln!(
+            t,
+            "[METRIC] Eval Accelerator Utilization [AU] (%): {:.4} ({:.4})",
+            f("eval_au_mean_percentage"),
+            f("eval_au_stdev_percentage")
+        );
+        let _ = writeln!(
+            t,
+            "[METRIC] Eval Throughput (samples/second): {:.6} ({:.6})",
+            f("eval_throughput_mean_samples_per_second"),
+            f("eval_throughput_stdev_samples_per_second")
+        );
+        let _ = writeln!(
+            t,
+            "[METRIC] Eval Throughput (MB/second): {:.6} ({:.6})",
+            f("eval_io_mean_MB_per_second"),
+            f("eval_io_stdev_MB_per_second")
+        );
+        let _ = writeln!(
+            t,
+            "[METRIC] eval_au_meet_expectation: {}",
+            m["eval_au_meet_expectation"].as_str().unwrap_or("fail")
+        );
+    }
+    t.push_str(&rule);
+    t
+}
+
+/// What DLIO records about the host.
+#[derive(Debug, Clone)]
+struct Host {
+    hostname: String,
+    processor: String,
+    cpus: u64,
+    memory_gib: f64,
+    cpuinfo: Map<String, Value>,
+    meminfo: Map<String, Value>,
+}
+
+impl Host {
+    fn probe() -> Self {
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let meminfo = lines_to_dict(&read("/proc/meminfo"));
+        let total_kib = meminfo
+            .get("MemTotal")
+            .and_then(Value::as_str)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Self {
+            hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
+            processor: std::env::consts::ARCH.to_string(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory_gib: total_kib / f64::from(1u32 << 20),
+            cpuinfo: lines_to_dict(&read("/proc/cpuinfo")),
+            meminfo,
+        }
+    }
+}
+
+/// DLIO's `lines_to_dict`: `key: value` lines (the last CPU's fields win in cpuinfo; `processor` is skipped).
+fn lines_to_dict(text: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(':').collect();
+        if let [k, v] = parts.as_slice() {
+            let k = k.trim();
+            if k != "processor" {
+                out.insert(k.to_string(), json!(v.trim()));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,669 @@
+//! The training loop (dlio.md §4): for each epoch, for each step, wait for the next batch from the pipeline, emulate
+//! compute by sleeping a drawn `computation_time`, barrier across ranks, call the plugins; metric blocks split at
+//! step checkpoints; evaluation after the scheduled epochs (eval_time, no barrier). Ctrl-C (a [`Cancel`]) stops
+//! the run within a step's wait and the run files are still written, marked interrupted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Local};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::comm::Communicator;
+use crate::config::{Config, Distribution, Format, ReadType};
+use crate::generate::layout::{self, Split};
+use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
+use crate::pipeline::{Pipeline, PipelineError, ReaderSpec, Readers};
+use crate::plan::Plan;
+use crate::report::{self, Console};
+use crate::sampler::{Rng, Sampler, ShufflePolicy, PURPOSE_COMPUTE};
+use crate::storage::{self, StorageError, StorageOptions, Store};
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Read(#[from] PipelineError),
+    /// The dataset does not match the config.
+    #[error("{0}")]
+    Dataset(String),
+    #[error("plugin '{plugin}' failed in {hook}: {message}")]
+    Plugin { plugin: String, hook: &'static str, message: String },
+    #[error("communicator: {0}")]
+    Comm(String),
+    #[error("{0}")]
+    Output(String),
+}
+
+/// Stops a run from another thread (Ctrl-C).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<(AtomicBool, Notify)>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0 .0.store(true, Ordering::SeqCst);
+        self.0 .1.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0 .0.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        let notified = self.0 .1.notified();
+        if self.is_cancelled() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Where the loop is, for plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPoint {
+    pub epoch: u64,
+    /// Step within the epoch, from 1.
+    pub step: u64,
+    /// Steps since the run started, from 1.
+    pub global_step: u64,
+}
+
+/// Code called at the loop's hook points; an error stops the run and names the plugin.
+#[async_trait]
+pub trait Plugin: Send {
+    fn name(&self) -> String;
+    async fn initialize(&mut self, _plan: &Plan) -> Result<(), String> {
+        Ok(())
+    }
+    async fn before_epoch(&mut self, _epoch: u64) -> Result<(), String> {
+        Ok(())
+    }
+    async fn after_epoch(&mut self, _epoch: u64) -> Result<(), String> {
+        Ok(())
+    }
+    async fn before_step(&mut self, _at: StepPoint) -> Result<(), String> {
+        Ok(())
+    }
+    async fn after_step(&mut self, _at: StepPoint) -> Result<(), String> {
+        Ok(())
+    }
+    async fn finalize(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Show a progress line on stderr.
+    pub progress: bool,
+    /// Print DLIO's console lines to stdout (they always go to the log file).
+    pub console: bool,
+    pub cancel: Cancel,
+    /// The config as the user wrote it (YAML) and their overrides, saved in `dlio_config/`.
+    pub config_yaml: String,
+    pub overrides: Vec<String>,
+}
+
+/// One metric block (or an evaluation) of one rank.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockRecord {
+    pub start: DateTime<Local>,
+    pub end: DateTime<Local>,
+    pub duration: f64,
+    pub steps: Vec<StepTimes>,
+    pub au: f64,
+    pub throughput: f64,
+    pub bytes_read: u64,
+}
+
+/// One epoch of one rank.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub start: DateTime<Local>,
+    pub end: DateTime<Local>,
+    pub duration: f64,
+    pub blocks: Vec<BlockRecord>,
+    pub eval: Option<BlockRecord>,
+    /// Step-weighted over the blocks.
+    pub au: f64,
+    pub throughput: f64,
+    pub digest: String,
+    pub eval_digest: Option<String>,
+    pub repeated_samples: u64,
+}
+
+/// What one rank measured.
+#[derive(Debug, Clone)]
+pub struct RankRecord {
+    pub rank: u64,
+    pub start: DateTime<Local>,
+    pub end: DateTime<Local>,
+    pub epochs: Vec<EpochRecord>,
+    pub latency: StageLatencies,
+    pub interrupted: bool,
+}
+
+/// Runs the training (and evaluation) of `config` as `comm`'s rank; writes the run files; returns the report.
+pub async fn run(
+    config: &Config,
+    plan: &Plan,
+    options: &RunOptions,
+    comm: &dyn Communicator,
+    plugins: &mut [Box<dyn Plugin>],
+) -> Result<report::Report, RunError> {
+    let train = readers(config, plan, Split::Train, false).await?;
+    let eval = if plan.eval_epochs.count > 0 { Some(readers(config, plan, Split::Valid, false).await?) } else { None };
+    let console = Console::open(config, comm.rank(), options.console)?;
+    console.out(&format!("Running DLIO [Training] with {} process(es)", comm.size()));
+    report::save_config(config, options, comm.rank())?;
+    for p in plugins.iter_mut() {
+        let name = p.name();
+        p.initialize(plan).await.map_err(|message| RunError::Plugin { plugin: name, hook: "initialize", message })?;
+    }
+    let mut run = Loop::new(config, plan, options, comm, console);
+    run.console.out(&format!(
+        "Max steps per epoch: {} = {} * {} / {} / {} (samples per file * num files / batch size / comm size)",
+        plan.train.steps_per_epoch,
+        plan.dataset.samples_per_file,
+        plan.train.files,
+        plan.train.batch_size,
+        comm.size()
+    ));
+    let mut result = run.epochs(&train, eval.as_ref(), plugins).await;
+    for p in plugins.iter_mut() {
+        let name = p.name();
+        let finalized = p.finalize().await;
+        if let (Ok(()), Err(message)) = (&result, finalized) {
+            result = Err(RunError::Plugin { plugin: name, hook: "finalize", message });
+        }
+    }
+    result?;
+    let record = RankRecord {
+        rank: comm.rank(),
+        start: run.start,
+        end: Local::now(),
+        epochs: run.epochs,
+        latency: run.latency,
+        interrupted: options.cancel.is_cancelled(),
+    };
+    report::finish(config, plan, comm, &run.console, &record)
+}
+
+fn open_store(config: &Config) -> Result<Store, RunError> {
+    let mut location = config.data_location().map_err(|e| RunError::Dataset(format!("dataset.data_folder: {e}")))?;
+    if config.reader.odirect && location.scheme == storage::Scheme::File {
+        location.scheme = storage::Scheme::Direct;
+    }
+    let options = StorageOptions::from_yaml(&config.storage.storage_options)
+        .map_err(|e| RunError::Dataset(format!("storage.storage_options: {e}")))?;
+    Ok(storage::open(&location.to_string(), &options)?)
+}
+
+/// Opens the dataset, lists a split's files (sorted by name, cut to the configured count: DLIO's rule) and builds
+/// its readers; `with_data` hands the samples' bytes to the consumer.
+pub async fn readers(config: &Config, plan: &Plan, split: Split, with_data: bool) -> Result<Arc<Readers>, RunError> {
+    let store = &open_store(config)?;
+    let d = &config.dataset;
+    let (wanted, subfolders) = match split {
+        Split::Train => (d.num_files_train, d.num_subfolders_train),
+        Split::Valid => (d.num_files_eval, d.num_subfolders_eval),
+    };
+    let files = if d.format == Format::Synthetic {
+        // DLIO's synthetic reader never opens a file.
+        let ext = layout::extension(config);
+        (0..wanted).map(|i| layout::file_key(split, &d.file_prefix, i, wanted, subfolders, &ext)).collect()
+    } else {
+        let ext = format!(".{}", layout::extension(config));
+        let mut found: Vec<String> = store
+            .list(split.folder())
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.ends_with(&ext) && !k.starts_with("index/"))
+            .collect();
+        found.sort_by(|a, b| (a.rsplit('/').next(), a).cmp(&(b.rsplit('/').next(), b)));
+        if (found.len() as u64) < wanted {
+            return Err(RunError::Dataset(format!(
+                "{}: found {} '*{ext}' files, dataset.num_files_{} asks for {wanted}; generate the dataset first \
+                 (dl-driver generate, or workflow.generate_data: True)",
+                store.uri().join(split.folder()),
+                found.len(),
+                if split == Split::Train { "train" } else { "eval" },
+            )));
+        }
+        found.truncate(usize::try_from(wanted).unwrap_or(usize::MAX));
+        found
+    };
+    let r = &config.reader;
+    let threads = usize::try_from(r.read_threads.max(1)).unwrap_or(1);
+    let spec = ReaderSpec {
+        store: store.clone(),
+        files,
+        format: d.format,
+        samples_per_file: plan.dataset.samples_per_file,
+        read_threads: threads,
+        prefetch: usize::try_from(r.prefetch_size.max(1)).unwrap_or(1),
+        transfer: r.transfer_size.and_then(|t| usize::try_from(t).ok()),
+        whole_files: r.read_type == ReadType::Memory,
+        with_data,
+    };
+    Ok(Readers::new(spec))
+}
+
+/// Draws a non-negative duration in seconds from `dist` (the absolute value of the draw, as DLIO sleeps).
+pub fn draw(dist: &Distribution, rng: &mut Rng) -> f64 {
+    let normal = |rng: &mut Rng| {
+        // Box-Muller.
+        let u1 = 1.0 - rng.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * rng.next_f64()).cos()
+    };
+    let value = match *dist {
+        Distribution::Constant(v) => v,
+        Distribution::Normal { mean, stdev } => mean + stdev * normal(rng),
+        Distribution::Uniform { min, max } => min + (max - min) * rng.next_f64(),
+        Distribution::Exponential { scale } => -scale * (1.0 - rng.next_f64()).ln(),
+        Distribution::Gamma { shape, scale } => {
+            // Marsaglia and Tsang; shape < 1 boosted by U^(1/shape).
+            let (k, boost) = if shape < 1.0 { (shape + 1.0, rng.next_f64().powf(1.0 / shape)) } else { (shape, 1.0) };
+            let d = k - 1.0 / 3.0;
+            let c = 1.0 / (9.0 * d).sqrt();
+            loop {
+                let x = normal(rng);
+                let v = (1.0 + c * x).powi(3);
+                if v > 0.0 && (1.0 - rng.next_f64()).ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                    break d * v * scale * boost;
+                }
+            }
+        }
+        Distribution::Poisson { lam } if lam < 30.0 => {
+            // Knuth.
+            let limit = (-lam).exp();
+            let (mut k, mut p) = (0.0, rng.next_f64());
+            while p > limit {
+                k += 1.0;
+                p *= rng.next_f64();
+            }
+            k
+        }
+        Distribution::Poisson { lam } => (lam + lam.sqrt() * normal(rng)).round().max(0.0),
+    };
+    value.abs()
+}
+
+/// The loop's state.
+struct Loop<'a> {
+    config: &'a Config,
+    plan: &'a Plan,
+    options: &'a RunOptions,
+    comm: &'a dyn Communicator,
+    console: Console,
+    rng: Rng,
+    start: DateTime<Local>,
+    epochs: Vec<EpochRecord>,
+    latency: StageLatencies,
+    progress: Arc<Progress>,
+}
+
+/// Counters the progress line reads.
+#[derive(Debug, Default)]
+struct Progress {
+    steps: AtomicU64,
+    samples: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A block being measured.
+struct OpenBlock {
+    start: DateTime<Local>,
+    started: Instant,
+    steps: Vec<StepTimes>,
+    bytes_read: u64,
+}
+
+impl OpenBlock {
+    fn new() -> Self {
+        Self { start: Local::now(), started: Instant::now(), steps: Vec::new(), bytes_read: 0 }
+    }
+
+    fn close(self, config: &Config, batch: u64) -> BlockRecord {
+        let duration = self.started.elapsed().as_secs_f64();
+        let m = &config.output.metric;
+        let (au, throughput) = block_metrics(&self.steps, duration, batch, m.exclude_start_steps, m.exclude_end_steps);
+        BlockRecord {
+            start: self.start,
+            end: Local::now(),
+            duration,
+            steps: self.steps,
+            au,
+            throughput,
+            bytes_read: self.bytes_read,
+        }
+    }
+}
+
+impl<'a> Loop<'a> {
+    fn new(
+        config: &'a Config,
+        plan: &'a Plan,
+        options: &'a RunOptions,
+        comm: &'a dyn Communicator,
+        console: Console,
+    ) -> Self {
+        Self {
+            config,
+            plan,
+            options,
+            comm,
+            console,
+            rng: Rng::derive(config.train.seed, 0, comm.rank(), PURPOSE_COMPUTE),
+            start: Local::now(),
+            epochs: Vec::new(),
+            latency: StageLatencies::default(),
+            progress: Arc::default(),
+        }
+    }
+
+    fn sampler(&self, split: Split) -> Sampler {
+        let (phase, r) = (if split == Split::Train { &self.plan.train } else { &self.plan.eval }, &self.config.reader);
+        Sampler {
+            files: phase.files,
+            samples_per_file: self.plan.dataset.samples_per_file,
+            rank: self.comm.rank(),
+            world_size: self.comm.size(),
+            batch_size: phase.batch_size,
+            steps_per_epoch: phase.steps_per_epoch,
+            policy: ShufflePolicy {
+                file: r.file_shuffle,
+                sample: r.sample_shuffle,
+                seed: self.config.train.seed,
+                seed_change_epoch: self.config.train.seed_change_epoch,
+            },
+        }
+    }
+
+    /// Epoch loop; returns early (Ok) when cancelled.
+    async fn epochs(
+        &mut self,
+        train: &Arc<Readers>,
+        eval: Option<&Arc<Readers>>,
+        plugins: &mut [Box<dyn Plugin>],
+    ) -> Result<(), RunError> {
+        let ticker = self
+            .options
+            .progress
+            .then(|| tokio::spawn(tick(Arc::clone(&self.progress), self.plan.train.steps_per_epoch)));
+        let result = self.epochs_inner(train, eval, plugins).await;
+        if let Some(t) = ticker {
+            t.abort();
+            eprint!("\r\x1b[2K");
+        }
+        result
+    }
+
+    async fn epochs_inner(
+        &mut self,
+        train: &Arc<Readers>,
+        eval: Option<&Arc<Readers>>,
+        plugins: &mut [Box<dyn Plugin>],
+    ) -> Result<(), RunError> {
+        let sampler = self.sampler(Split::Train);
+        let steps = self.plan.train.steps_per_epoch;
+        let batch = self.plan.train.batch_size;
+        let every = self.plan.checkpoint.as_ref().and_then(|c| c.every_steps);
+        let mut global_step = 0;
+        for epoch in 1..=self.plan.train.epochs {
+            if self.options.cancel.is_cancelled() {
+                return Ok(());
+            }
+            for p in plugins.iter_mut() {
+                let name = p.name();
+                p.before_epoch(epoch).await.map_err(|message| RunError::Plugin {
+                    plugin: name,
+                    hook: "before_epoch",
+                    message,
+                })?;
+            }
+            let epoch_start = (Local::now(), Instant::now());
+            self.console.out(&format!("Starting epoch {epoch}: {steps} steps expected"));
+            self.progress.steps.store(0, Ordering::Relaxed);
+            let order = Arc::new(sampler.epoch(epoch));
+            let mut pipeline = Pipeline::start(train, &order, batch, steps);
+            let mut blocks = Vec::new();
+            let mut block = OpenBlock::new();
+            self.console.out("Starting block 1");
+            for step in 1..=steps {
+                global_step += 1;
+                let at = StepPoint { epoch, step, global_step };
+                let Some(times) =
+                    self.step(&mut pipeline, self.config.train.computation_time, true, at, plugins).await?
+                else {
+                    break;
+                };
+                block.bytes_read += times.1;
+                block.steps.push(times.0);
+                if every.is_some_and(|n| n > 0 && global_step % n == 0) && step < steps {
+                    blocks.push(self.close_block(block, epoch, blocks.len() + 1, batch));
+                    block = OpenBlock::new();
+                    self.console.out(&format!("Starting block {}", blocks.len() + 1));
+                }
+            }
+            blocks.push(self.close_block(block, epoch, blocks.len() + 1, batch));
+            drop(pipeline);
+            let weights = |f: fn(&BlockRecord) -> f64| blocks.iter().map(|b| (f(b), b.steps.len())).collect::<Vec<_>>();
+            let (au, throughput) = (step_weighted(&weights(|b| b.au)), step_weighted(&weights(|b| b.throughput)));
+            let done: usize = blocks.iter().map(|b| b.steps.len()).sum();
+            let duration = epoch_start.1.elapsed().as_secs_f64();
+            self.console.out(&format!("Ending epoch {epoch} - {done} steps completed in {duration:.2} s"));
+            let mut record = EpochRecord {
+                epoch,
+                start: epoch_start.0,
+                end: Local::now(),
+                duration,
+                blocks,
+                eval: None,
+                au,
+                throughput,
+                digest: order.digest.clone(),
+                eval_digest: None,
+                repeated_samples: order.repeated,
+            };
+            if let Some(eval) =
+                eval.filter(|_| self.plan.eval_epochs.contains(epoch) && !self.options.cancel.is_cancelled())
+            {
+                let (block, digest) = self.evaluate(eval, epoch, plugins).await?;
+                record.eval = Some(block);
+                record.eval_digest = Some(digest);
+            }
+            self.epochs.push(record);
+            for p in plugins.iter_mut() {
+                let name = p.name();
+                p.after_epoch(epoch).await.map_err(|message| RunError::Plugin {
+                    plugin: name,
+                    hook: "after_epoch",
+                    message,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_block(&self, block: OpenBlock, epoch: u64, number: usize, batch: u64) -> BlockRecord {
+        let b = block.close(self.config, batch);
+        self.console.out(&format!("Ending block {number} - {} steps completed in {:.2} s", b.steps.len(), b.duration));
+        self.console
+            .out(&format!("Epoch {epoch} - Block {number} [Training] Accelerator Utilization [AU] (%): {:.4}", b.au));
+        self.console.out(&format!(
+            "Epoch {epoch} - Block {number} [Training] Throughput (samples/second): {:.4}",
+            b.throughput * self.comm.size() as f64
+        ));
+        b
+    }
+
+    async fn evaluate(
+        &mut self,
+        eval: &Arc<Readers>,
+        epoch: u64,
+        plugins: &mut [Box<dyn Plugin>],
+    ) -> Result<(BlockRecord, String), RunError> {
+        let (steps, batch) = (self.plan.eval.steps_per_epoch, self.plan.eval.batch_size);
+        self.console.out(&format!("Starting eval - {steps} steps expected"));
+        let order = Arc::new(self.sampler(Split::Valid).epoch(epoch));
+        let mut pipeline = Pipeline::start(eval, &order, batch, steps);
+        let mut block = OpenBlock::new();
+        for step in 1..=steps {
+            let at = StepPoint { epoch, step, global_step: 0 };
+            let Some(times) = self.step(&mut pipeline, self.config.evaluation.eval_time, false, at, plugins).await?
+            else {
+                break;
+            };
+            block.bytes_read += times.1;
+            block.steps.push(times.0);
+        }
+        let b = block.close(self.config, batch);
+        self.console.out(&format!("Ending eval - {} steps completed in {:.2} s", b.steps.len(), b.duration));
+        self.console.out(&format!("Epoch {epoch} [Eval] Accelerator Utilization [AU] (%): {:.4}", b.au));
+        self.console.out(&format!(
+            "Epoch {epoch} [Eval] Throughput (samples/second): {:.4}",
+            b.throughput * self.comm.size() as f64
+        ));
+        Ok((b, order.digest.clone()))
+    }
+
+    /// One step; `None` when cancelled.
+    async fn step(
+        &mut self,
+        pipeline: &mut Pipeline,
+        compute: Distribution,
+        training: bool,
+        at: StepPoint,
+        plugins: &mut [Box<dyn Plugin>],
+    ) -> Result<Option<(StepTimes, u64)>, RunError> {
+        let cancel = self.options.cancel.clone();
+        let t0 = Instant::now();
+        let batch = tokio::select! {
+            b = pipeline.next() => b,
+            () = cancel.cancelled() => return Ok(None),
+        };
+        let batch = batch
+            .ok_or_else(|| RunError::Dataset("the reader pipeline ended before the epoch's last step".into()))??;
+        let t1 = Instant::now();
+        for t in &batch.times {
+            self.latency.record(0, t.first_byte);
+            self.latency.record(1, t.read);
+            self.latency.record(2, t.decode);
+        }
+        if training {
+            for p in plugins.iter_mut() {
+                let name = p.name();
+                p.before_step(at).await.map_err(|message| RunError::Plugin {
+                    plugin: name,
+                    hook: "before_step",
+                    message,
+                })?;
+            }
+        }
+        let seconds = draw(&compute, &mut self.rng);
+        let t_compute = Instant::now();
+        if seconds > 0.0 {
+            tokio::select! {
+                () = precise_sleep(Duration::from_secs_f64(seconds)) => {},
+                () = cancel.cancelled() => return Ok(None),
+            }
+        }
+        let t2 = Instant::now();
+        if training {
+            self.comm.barrier().map_err(RunError::Comm)?;
+        }
+        let t3 = Instant::now();
+        self.latency.record(3, t1 - t0);
+        self.latency.record(4, t2 - t_compute);
+        if training {
+            self.latency.record(5, t3 - t2);
+            for p in plugins.iter_mut() {
+                let name = p.name();
+                p.after_step(at).await.map_err(|message| RunError::Plugin {
+                    plugin: name,
+                    hook: "after_step",
+                    message,
+                })?;
+            }
+        }
+        self.progress.steps.fetch_add(1, Ordering::Relaxed);
+        self.progress.samples.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
+        self.progress.bytes.fetch_add(batch.bytes_read, Ordering::Relaxed);
+        let times = StepTimes {
+            load: (t1 - t0).as_secs_f64(),
+            proc: (t2 - t0).as_secs_f64(),
+            compute: (t2 - t_compute).as_secs_f64(),
+        };
+        Ok(Some((times, batch.bytes_read)))
+    }
+}
+
+/// Sleeps `d` to within tens of microseconds: tokio's timer (whole milliseconds, rounded up) for all but the last
+/// 2 ms, then nanosleep on a blocking thread.
+async fn precise_sleep(d: Duration) {
+    let deadline = Instant::now() + d;
+    if let Some(coarse) = d.checked_sub(Duration::from_millis(2)) {
+        tokio::time::sleep(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
+}
+
+/// Prints "step s/S, samples/s, MiB/s" on stderr twice a second.
+async fn tick(progress: Arc<Progress>, steps: u64) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let (done, samples, bytes) = (
+            progress.steps.load(Ordering::Relaxed),
+            progress.samples.load(Ordering::Relaxed),
+            progress.bytes.load(Ordering::Relaxed),
+        );
+        eprint!(
+            "\r\x1b[2Kstep {done}/{steps}  {:.0} samples/s  {:.1} MiB/s",
+            samples as f64 / seconds,
+            bytes as f64 / seconds / f64::from(1u32 << 20)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_follow_their_distributions() {
+        let mut rng = Rng::new(1);
+        let mean = |d: Distribution, rng: &mut Rng| (0..20_000).map(|_| draw(&d, rng)).sum::<f64>() / 20_000.0;
+        assert_eq!(draw(&Distribution::Constant(0.25), &mut rng), 0.25);
+        assert_eq!(
+            draw(&Distribution::Constant(-0.25), &mut rng),
+            0.25,
+            "negative draws are slept as their absolute value"
+        );
+        for (d, expected) in [
+            (Distribution::Normal { mean: 1.0, stdev: 0.1 }, 1.0),
+            (Distribution::Uniform { min: 0.2, max: 0.4 }, 0.3),
+            (Distribution::Exponential { scale: 0.5 }, 0.5),
+            (Distribution::Gamma { shape: 2.0, scale: 0.5 }, 1.0),
+            (Distribution::Gamma { shape: 0.5, scale: 2.0 }, 1.0),
+            (Distribution::Poisson { lam: 4.0 }, 4.0),
+            (Distribution::Poisson { lam: 100.0 }, 100.0),
+        ] {
+            let m = mean(d, &mut rng);
+            assert!((m - expected).abs() < expected * 0.03, "{d:?}: mean {m}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The training engine from Python: `run_benchmark` (the whole run, with its run files) and `Batches` (the reader
+//! pipeline as an iterator of batches, for data loaders).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dl_driver_core::comm::SingleProcess;
+use dl_driver_core::generate::layout::Split;
+use dl_driver_core::pipeline::{Batch, Pipeline, PipelineError};
+use dl_driver_core::runner::{self, Cancel, RunError, RunOptions};
+use dl_driver_core::{plan, sampler};
+use pyo3::prelude::*;
+
+use crate::storage::{storage_error, Buffer};
+use crate::{config_error, parse_config, runtime, ConfigError, DlDriverError, FormatError};
+
+fn run_error(e: RunError) -> PyErr {
+    match e {
+        RunError::Storage(s) | RunError::Read(PipelineError::Storage(s)) => storage_error(s),
+        RunError::Read(PipelineError::Format(m)) => FormatError::new_err(m),
+        RunError::Dataset(m) | RunError::Read(PipelineError::Dataset(m)) => ConfigError::new_err(m),
+        other => DlDriverError::new_err(other.to_string()),
+    }
+}
+
+fn check_rank(rank: u64, world_size: u64) -> PyResult<()> {
+    if world_size == 0 || rank >= world_size {
+        return Err(ConfigError::new_err(format!("rank {rank} is not below world size {world_size}")));
+    }
+    Ok(())
+}
+
+/// Runs the workload's training and evaluation; returns (summary JSON, report JSON, interrupted).
+#[pyfunction]
+#[pyo3(signature = (config_json, source_name, overrides, config_yaml, rank = 0, world_size = 1, console = true, progress = false))]
+#[allow(clippy::too_many_arguments)]
+pub fn run_benchmark(
+    py: Python<'_>,
+    config_json: &str,
+    source_name: &str,
+    overrides: Vec<String>,
+    config_yaml: String,
+    rank: u64,
+    world_size: u64,
+    console: bool,
+    progress: bool,
+) -> PyResult<(String, String, bool)> {
+    check_rank(rank, world_size)?;
+    let config = parse_config(config_json)?;
+    let plan = plan::plan(&config, source_name, world_size).map_err(|e| config_error(&e))?;
+    let cancel = Cancel::default();
+    let options = RunOptions { progress, console, cancel: cancel.clone(), config_yaml, overrides };
+    let comm = SingleProcess { rank, size: world_size };
+    let (result, _) = runtime::run_cancellable(py, || cancel.cancel(), async move {
+        runner::run(&config, &plan, &options, &comm, &mut []).await
+    })?;
+    let report = result.map_err(run_error)?;
+    Ok((report.summary.to_string(), report.details.to_string(), report.interrupted))
+}
+
+/// One batch handed to Python: the sample ids, and their bytes back to back (sample i at `spans[i]`).
+#[pyclass(frozen, get_all, module = "dl_driver._core")]
+pub struct PyBatch {
+    samples: Vec<u64>,
+    spans: Vec<(usize, usize)>,
+    data: Py<Buffer>,
+    bytes_read: u64,
+}
+
+/// An epoch of one phase read through the pipeline, batch by batch.
+#[pyclass(module = "dl_driver._core")]
+pub struct Batches {
+    pipeline: Option<Pipeline>,
+}
+
+#[pymethods]
+impl Batches {
+    #[new]
+    #[pyo3(signature = (config_json, split = "train", epoch = 1, rank = 0, world_size = 1))]
+    fn new(py: Python<'_>, config_json: &str, split: &str, epoch: u64, rank: u64, world_size: u64) -> PyResult<Self> {
+        check_rank(rank, world_size)?;
+        let split = match split {
+            "train" => Split::Train,
+            "valid" | "eval" => Split::Valid,
+            other => return Err(ConfigError::new_err(format!("split '{other}': expected 'train' or 'valid'"))),
+        };
+        let config = parse_config(config_json)?;
+        let plan = plan::plan(&config, "config", world_size).map_err(|e| config_error(&e))?;
+        let phase = if split == Split::Train { plan.train.clone() } else { plan.eval.clone() };
+        let sampler = sampler::Sampler {
+            files: phase.files,
+            samples_per_file: plan.dataset.samples_per_file,
+            rank,
+            world_size,
+            batch_size: phase.batch_size,
+            steps_per_epoch: phase.steps_per_epoch,
+            policy: sampler::ShufflePolicy {
+                file: config.reader.file_shuffle,
+                sample: config.reader.sample_shuffle,
+                seed: config.train.seed,
+                seed_change_epoch: config.train.seed_change_epoch,
+            },
+        };
+        let pipeline = runtime::run(py, async move {
+            let readers = runner::readers(&config, &plan, split, true).await?;
+            let order = Arc::new(sampler.epoch(epoch));
+            Ok::<_, RunError>(Pipeline::start(&readers, &order, phase.batch_size, phase.steps_per_epoch))
+        })?
+        .map_err(run_error)?;
+        Ok(Self { pipeline: Some(pipeline) })
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<PyBatch>> {
+        let Some(mut pipeline) = self.pipeline.take() else { return Ok(None) };
+        let (next, pipeline) = runtime::run(py, async move {
+            let next = pipeline.next().await;
+            (next, pipeline)
+        })?;
+        let batch: Batch = match next {
+            None => return Ok(None),
+            Some(b) => b.map_err(|e| run_error(RunError::Read(e)))?,
+        };
+        self.pipeline = Some(pipeline);
+        let data = batch.data.map_or_else(Bytes::new, Bytes::from_owner);
+        Ok(Some(PyBatch {
+            samples: batch.samples,
+            spans: batch.spans.iter().map(|r| (r.start, r.end)).collect(),
+            data: Py::new(py, Buffer::from(data))?,
+            bytes_read: batch.bytes_read,
+        }))
+    }
+}

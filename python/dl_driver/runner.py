@@ -1,0 +1,115 @@
+"""Training emulation: ``DlioRunner(cfg).run_benchmark()`` runs a workload's training and evaluation and returns a
+``Report``; ``batches(cfg)`` reads an epoch through the same reader pipeline, batch by batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dl_driver import _core, launcher
+from dl_driver.config import Config, load_dlio_config
+from dl_driver.generation import generate
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run measured: DLIO's ``summary.json`` plus dl-driver's details (``dl_driver_report.json``)."""
+
+    summary: dict[str, Any]
+    details: dict[str, Any]
+    interrupted: bool = False
+    output_folder: str = ""
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        """This rank's epochs: AU, throughput, blocks, evaluation and access-order digests."""
+        return self.details.get("epochs", [])
+
+    @property
+    def latency(self) -> dict[str, dict[str, float]]:
+        """This rank's per-stage latency: count, mean and percentiles in microseconds."""
+        return self.details.get("latency", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "details": self.details,
+            "interrupted": self.interrupted,
+            "output_folder": self.output_folder,
+        }
+
+
+class DlioRunner:
+    """Runs a DLIO workload: generation when ``workflow.generate_data``, then training and evaluation.
+
+    Args:
+        config: a Config, or anything ``load_dlio_config`` takes (a workload name, a YAML path, a dict).
+        rank, world_size: default to the launcher's (mpirun, torchrun, Slurm), else 0 of 1.
+        console: print DLIO's ``[OUTPUT]`` lines and ``[METRIC]`` block to stdout.
+        progress: show a progress line on stderr.
+    """
+
+    def __init__(
+        self,
+        config: Config | str | dict[str, Any],
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        console: bool = False,
+        progress: bool = False,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_dlio_config(config)
+        self.world_size = launcher.world_size(world_size)
+        self.rank = launcher.rank(rank, self.world_size)
+        self.console = console
+        self.progress = progress
+
+    def generate(self, *, skip_existing: bool = False) -> dict[str, float]:
+        """Writes this rank's share of the dataset."""
+        return generate(self.config, rank=self.rank, world_size=self.world_size, skip_existing=skip_existing)
+
+    def run_benchmark(self) -> Report:
+        """Generates data if the workflow asks, then trains; Ctrl-C stops the run and returns what was measured."""
+        cfg = self.config
+        if cfg.workflow.generate_data:
+            self.generate()
+        if not cfg.workflow.train:
+            return Report(summary={}, details={}, output_folder=cfg.output.folder)
+        if cfg.workflow.checkpoint:
+            print(
+                "warning: workflow.checkpoint: checkpointing is not available yet in dl-driver "
+                f"{_core.__version__}; the run measures training and evaluation only",
+                file=sys.stderr,
+            )
+        summary, details, interrupted = _core.run_benchmark(
+            cfg.to_json(redact=False),
+            cfg.source_name,
+            list(cfg.overrides),
+            cfg.to_yaml(),
+            self.rank,
+            self.world_size,
+            self.console,
+            self.progress,
+        )
+        return Report(json.loads(summary), json.loads(details), interrupted, cfg.output.folder)
+
+
+def batches(
+    config: Config | str | dict[str, Any],
+    *,
+    split: str = "train",
+    epoch: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Iterator[Any]:
+    """One epoch of ``split`` ('train' or 'valid') read through the reader pipeline, in the sampler's order.
+
+    Each batch has ``samples`` (global sample ids), ``data`` (the samples' bytes back to back, a zero-copy buffer),
+    ``spans`` (the (start, end) of each sample in ``data``) and ``bytes_read``.
+    """
+    cfg = config if isinstance(config, Config) else load_dlio_config(config)
+    size = launcher.world_size(world_size)
+    return _core.Batches(cfg.to_json(redact=False), split, epoch, launcher.rank(rank, size), size)

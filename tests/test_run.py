@@ -1,0 +1,225 @@
+"""Training emulation end to end: every format, every backend, DLIO's run files with DLIO's field names and types,
+access-order digests, the reader pipeline as an iterator, Ctrl-C, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import dl_driver
+from tests_support import DL_DRIVER
+
+FORMATS = ["npz", "npy", "hdf5", "tfrecord", "csv", "jpeg", "png", "indexed_binary", "mmap_indexed_binary", "synthetic"]
+
+
+def workload(tmp_path: Path, fmt: str = "npz", folder: str | None = None, **overrides: Any) -> dl_driver.Config:
+    """A small training workload on `fmt` data under tmp_path (or `folder`), generating its data first."""
+    loader = "tensorflow" if fmt == "tfrecord" else "pytorch"
+    base = {
+        "framework": loader,
+        "workflow": {"generate_data": True, "train": True, "evaluation": False},
+        "dataset": {
+            "format": fmt,
+            "data_folder": folder or str(tmp_path / "data"),
+            "num_files_train": 6,
+            "num_files_eval": 2,
+            "num_samples_per_file": 4,
+            "record_length_bytes": 4096,
+            "num_subfolders_train": 0,
+            "num_subfolders_eval": 0,
+        },
+        "reader": {"data_loader": loader, "batch_size": 4, "read_threads": 2, "file_shuffle": "seed", "sample_shuffle": "seed"},
+        "train": {"epochs": 2, "computation_time": 0.0, "seed": 7},
+        "output": {"folder": str(tmp_path / "out")},
+    }
+    return dl_driver.load_dlio_config(base, overrides)
+
+
+def test_summary_json_has_dlio_keys_and_types(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, **{"workflow.evaluation": True, "evaluation.eval_time": 0.001})
+    report = dl_driver.DlioRunner(cfg).run_benchmark()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary == report.summary
+    # dlio.md §7 (and DLIO 2.0.0's StatsCounter): key, JSON type.
+    expected = {
+        "start": str, "num_accelerators": int, "num_hosts": int, "hostname": str, "metric": dict,
+        "num_files_train": int, "num_files_eval": int, "num_samples_per_file": int, "host_cpu_count": list,
+        "host_processor_name": str, "potential_caching": list, "host_cpuinfo": dict, "host_meminfo": dict,
+        "host_memory_GB": list, "data_size_per_host_GB": float, "epochs": int, "end": str,
+    }
+    assert {k: type(v) for k, v in summary.items()} == expected
+    metric_types = {}
+    for phase in ("train", "eval"):
+        metric_types.update({
+            f"{phase}_au_percentage": list, f"{phase}_au_mean_percentage": float, f"{phase}_au_meet_expectation": str,
+            f"{phase}_au_stdev_percentage": float, f"{phase}_throughput_samples_per_second": list,
+            f"{phase}_throughput_mean_samples_per_second": float, f"{phase}_throughput_stdev_samples_per_second": float,
+            f"{phase}_io_mean_MB_per_second": float, f"{phase}_io_stdev_MB_per_second": float,
+        })
+    assert {k: type(v) for k, v in summary["metric"].items()} == metric_types
+    m = summary["metric"]
+    assert len(m["train_au_percentage"]) == 2 and summary["epochs"] == 2
+    assert m["train_io_mean_MB_per_second"] == pytest.approx(m["train_throughput_mean_samples_per_second"] * 4096 / 2**20)
+    assert m["train_au_meet_expectation"] == ("success" if m["train_au_mean_percentage"] >= 90 else "fail")
+    assert all(isinstance(c, int) for c in summary["host_cpu_count"]) and summary["num_accelerators"] == 1
+    stats = json.loads((tmp_path / "out" / "0_per_epoch_stats.json").read_text())
+    assert list(stats) == ["1", "2"]
+    assert set(stats["1"]) == {"start", "block1", "end", "duration", "eval"}
+    assert isinstance(stats["1"]["duration"], str) and float(stats["1"]["duration"]) >= 0
+    output = json.loads((tmp_path / "out" / "0_output.json").read_text())
+    epoch = output["1"]
+    assert set(epoch) == {"load", "proc", "throughput", "au", "compute"}
+    assert len(epoch["proc"]["block1"]) == 6 * 4 // 4, "steps per epoch = files * spf / batch"
+    assert len(epoch["proc"]["eval"]) == 2 * 4, "eval batch size defaults to 1"
+    assert (tmp_path / "out" / "dlio_config" / "config.yaml").is_file()
+    assert "[METRIC] Training Accelerator Utilization" in (tmp_path / "out" / "dlio.log").read_text()
+
+
+def test_no_evaluation_means_no_eval_keys(tmp_path: Path) -> None:
+    report = dl_driver.DlioRunner(workload(tmp_path)).run_benchmark()
+    assert not [k for k in report.summary["metric"] if k.startswith("eval_")]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_trains(fmt: str, tmp_path: Path) -> None:
+    cfg = workload(tmp_path, fmt)
+    report = dl_driver.DlioRunner(cfg).run_benchmark()
+    epochs = report.epochs
+    assert [e["blocks"][0]["steps"] for e in epochs] == [6, 6]
+    assert report.summary["metric"]["train_throughput_mean_samples_per_second"] > 0
+    read = sum(e["blocks"][0]["bytes_read"] for e in epochs)
+    if fmt == "synthetic":
+        assert read == 0, "DLIO's synthetic reader opens nothing"
+    else:
+        assert read >= 2 * 24 * 4096 * 0.5, f"{fmt}: every sample's bytes were read ({read})"
+    assert report.latency["read"]["count"] == 48
+    assert report.latency["batch_wait"]["count"] == 12
+
+
+def test_whole_file_formats_read_the_file_per_sample_and_memory_mode_once(tmp_path: Path) -> None:
+    on_demand = dl_driver.DlioRunner(workload(tmp_path, "npz", **{"train.epochs": 1})).run_benchmark()
+    file_sizes = sum(p.stat().st_size for p in (tmp_path / "data" / "train").iterdir())
+    assert on_demand.epochs[0]["blocks"][0]["bytes_read"] == 4 * file_sizes, "np.load reads the whole file per sample"
+    memory = dl_driver.DlioRunner(
+        workload(tmp_path, "npz", **{"train.epochs": 1, "reader.read_type": "memory", "workflow.generate_data": False})
+    ).run_benchmark()
+    assert memory.epochs[0]["blocks"][0]["bytes_read"] == file_sizes
+    tf = dl_driver.DlioRunner(workload(tmp_path / "tf", "tfrecord", **{"train.epochs": 1})).run_benchmark()
+    record = 4096 + 16 + 29  # image bytes + framing + the Example's other fields
+    assert tf.epochs[0]["blocks"][0]["bytes_read"] == pytest.approx(24 * record, rel=0.01), "one record per sample"
+
+
+def test_digests_repeat_with_the_seed_and_change_without_it(tmp_path: Path) -> None:
+    first = dl_driver.DlioRunner(workload(tmp_path)).run_benchmark()
+    again = dl_driver.DlioRunner(workload(tmp_path, **{"workflow.generate_data": False})).run_benchmark()
+    other = dl_driver.DlioRunner(workload(tmp_path, **{"workflow.generate_data": False, "train.seed": 8})).run_benchmark()
+    digests = [e["digest"] for e in first.epochs]
+    assert digests == [e["digest"] for e in again.epochs]
+    assert digests != [e["digest"] for e in other.epochs]
+    assert digests[0] != digests[1], "seed_change_epoch (default on) reshuffles each epoch"
+    assert first.details["ranks"][0]["digests"] == digests
+
+
+def backend_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    from test_storage_conformance import AZURITE_KEY, azure_container, s3_bucket
+
+    run = f"run-{os.getpid()}-{time.monotonic_ns()}"
+    if backend in ("file", "direct"):
+        return f"{backend}://{tmp_path / 'data'}", {}
+    if backend == "s3-moto":
+        endpoint = request.getfixturevalue("servers")["moto"]
+        s3_bucket(endpoint, "dl-driver-tests")
+        return f"s3://dl-driver-tests/{run}", {
+            "endpoint_url": endpoint, "access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1",
+        }
+    endpoint = request.getfixturevalue("servers")["azurite"]
+    azure_container(endpoint, "dl-driver-tests")
+    return f"az://dl-driver-tests/{run}", {"account_name": "devstoreaccount1", "account_key": AZURITE_KEY, "endpoint": endpoint}
+
+
+@pytest.mark.parametrize("fmt", ["npz", "tfrecord"])
+@pytest.mark.parametrize("backend", ["file", "direct", "s3-moto", "az-azurite"])
+def test_every_backend_reads_the_same_samples(backend: str, fmt: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    folder, options = backend_location(backend, tmp_path, request)
+    cfg = workload(tmp_path, fmt, folder=folder)
+    cfg.storage.storage_options = options
+    report = dl_driver.DlioRunner(cfg).run_benchmark()
+    reference = dl_driver.DlioRunner(workload(tmp_path / "ref", fmt)).run_benchmark()
+    assert [e["digest"] for e in report.epochs] == [e["digest"] for e in reference.epochs]
+    assert [e["blocks"][0]["bytes_read"] for e in report.epochs] == [e["blocks"][0]["bytes_read"] for e in reference.epochs]
+    assert report.summary["metric"]["train_throughput_mean_samples_per_second"] > 0
+
+
+def test_batches_iterate_an_epoch_with_the_samples_bytes(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, "indexed_binary")
+    dl_driver.generate(cfg)
+    seen = []
+    for batch in dl_driver.batches(cfg, epoch=1):
+        assert len(batch.samples) == 4 and len(batch.spans) == 4
+        data = np.frombuffer(batch.data, dtype=np.uint8)
+        assert [end - start for start, end in batch.spans] == [4096] * 4
+        assert data.size == 4 * 4096
+        seen.extend(batch.samples)
+    assert sorted(seen) == list(range(24)) and seen != sorted(seen), "a seeded shuffle of every sample"
+
+
+def test_ranks_split_the_epoch(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, "npy")
+    dl_driver.generate(cfg)
+    per_rank = [[s for b in dl_driver.batches(cfg, rank=r, world_size=2) for s in b.samples] for r in range(2)]
+    assert sorted(per_rank[0]) == list(range(12)) and sorted(per_rank[1]) == list(range(12, 24))
+
+
+def test_a_missing_dataset_is_a_clear_error_that_writes_no_run_files(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, **{"workflow.generate_data": False})
+    with pytest.raises(dl_driver.ConfigError, match=r"train: found 0 '\*\.npz' files, dataset.num_files_train asks for 6"):
+        dl_driver.DlioRunner(cfg).run_benchmark()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_file_fails_naming_it(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, "tfrecord", **{"train.epochs": 1})
+    dl_driver.generate(cfg)
+    victim = sorted((tmp_path / "data" / "train").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(dl_driver.FormatError, match=rf"{victim.name}: corrupt TFRecord: data CRC mismatch"):
+        dl_driver.DlioRunner(workload(tmp_path, "tfrecord", **{"train.epochs": 1, "workflow.generate_data": False})).run_benchmark()
+
+
+def test_run_command_prints_dlio_lines(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("run", "workload=quickstart", f"++workload.output.folder={out}", f"++workload.dataset.data_folder={tmp_path / 'd'}")
+    assert result.returncode == 0, result.stderr
+    assert "[OUTPUT]" in result.stdout and "Starting epoch 1: 32 steps expected" in result.stdout
+    assert "[METRIC] Training Throughput (samples/second):" in result.stdout
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert f"++workload.output.folder={out}" in (out / "dlio_config" / "overrides.yaml").read_text()
+
+
+def test_ctrl_c_stops_within_a_second_and_keeps_what_was_measured(tmp_path: Path) -> None:
+    dl_driver.generate(workload(tmp_path))
+    args = [DL_DRIVER, "run", "workload=quickstart", "++workload.workflow.generate_data=False",
+            "++workload.workflow.evaluation=False", f"++workload.dataset.data_folder={tmp_path / 'data'}",
+            "++workload.dataset.num_files_train=6", "++workload.dataset.num_samples_per_file=4",
+            "++workload.dataset.num_subfolders_train=0", "++workload.reader.batch_size=4",
+            "++workload.train.epochs=1000", "++workload.train.computation_time=5", f"++workload.output.folder={tmp_path / 'out'}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=10)
+    assert time.monotonic() - started < 1.0
+    assert process.returncode == 130, stderr
+    details = json.loads((tmp_path / "out" / "dl_driver_report.json").read_text())
+    assert details["interrupted"] is True
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs"] == 1
