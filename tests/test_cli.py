@@ -132,12 +132,13 @@ def test_secrets_are_not_printed(cli) -> None:
     assert doc["config"]["storage"]["storage_options"]["secret_access_key"] == "***"
 
 
-def test_run_generates_data_for_generate_only_workloads(cli, tmp_path: Path) -> None:
+def test_run_generates_data_then_trains(cli, tmp_path: Path) -> None:
     common = [f"++workload.dataset.data_folder={tmp_path / 'd'}", "++workload.dataset.num_files_train=3",
               "++workload.dataset.num_files_eval=0", "++workload.workflow.evaluation=False", "++workload.workflow.generate_data=True"]
     out = cli("run", "workload=default", *common, "++workload.workflow.train=False")
     assert out.returncode == 0, out.stderr
     assert "generated 3 files" in out.stdout
-    out = cli("run", "workload=default", *common)
-    assert out.returncode == 2
-    assert "generated 3 files" in out.stdout and "train emulation is not available yet" in out.stderr
+    out = cli("run", "workload=default", *common, "++workload.dataset.num_subfolders_train=0")
+    assert out.returncode == 0, out.stderr
+    assert "generated 3 files" in out.stdout and "[METRIC] Training Throughput (samples/second)" in out.stdout
+    assert (tmp_path / "output" / "summary.json").is_file()

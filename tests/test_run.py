@@ -156,6 +156,12 @@ def test_every_backend_reads_the_same_samples(backend: str, fmt: str, tmp_path: 
     assert [e["digest"] for e in report.epochs] == [e["digest"] for e in reference.epochs]
     assert [e["blocks"][0]["bytes_read"] for e in report.epochs] == [e["blocks"][0]["bytes_read"] for e in reference.epochs]
     assert report.summary["metric"]["train_throughput_mean_samples_per_second"] > 0
+    saved = (tmp_path / "out" / "dlio_config" / "config.yaml").read_text()
+    for key in ("secret_access_key", "account_key"):
+        if key in options:
+            assert f'{key}: "***"' in saved
+            if options[key] not in [v for k, v in options.items() if k != key]:
+                assert options[key] not in saved
 
 
 def test_batches_iterate_an_epoch_with_the_samples_bytes(tmp_path: Path) -> None:

@@ -620,22 +620,20 @@ async fn precise_sleep(d: Duration) {
     }
 }
 
-/// Prints "step s/S, samples/s, MiB/s" on stderr twice a second.
+/// Prints "step s/S, samples/s, MiB/s" (rates over the last half second) on stderr twice a second.
 async fn tick(progress: Arc<Progress>, steps: u64) {
-    let started = Instant::now();
+    let mut last = (Instant::now(), 0u64, 0u64);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let seconds = started.elapsed().as_secs_f64();
-        let (done, samples, bytes) = (
-            progress.steps.load(Ordering::Relaxed),
-            progress.samples.load(Ordering::Relaxed),
-            progress.bytes.load(Ordering::Relaxed),
-        );
+        let (samples, bytes) = (progress.samples.load(Ordering::Relaxed), progress.bytes.load(Ordering::Relaxed));
+        let seconds = last.0.elapsed().as_secs_f64();
         eprint!(
-            "\r\x1b[2Kstep {done}/{steps}  {:.0} samples/s  {:.1} MiB/s",
-            samples as f64 / seconds,
-            bytes as f64 / seconds / f64::from(1u32 << 20)
+            "\r\x1b[2Kstep {}/{steps}  {:.0} samples/s  {:.1} MiB/s",
+            progress.steps.load(Ordering::Relaxed),
+            (samples - last.1) as f64 / seconds,
+            (bytes - last.2) as f64 / seconds / f64::from(1u32 << 20)
         );
+        last = (Instant::now(), samples, bytes);
     }
 }
 

@@ -134,8 +134,12 @@ async fn step_checkpoints_split_metric_blocks() {
     );
     let p = plan(&c, "test", 1).unwrap();
     let report = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), &mut []).await.unwrap();
-    let blocks: Vec<u64> =
-        report.details["epochs"][0]["blocks"].as_array().unwrap().iter().map(|b| b["steps"].as_u64().unwrap()).collect();
+    let blocks: Vec<u64> = report.details["epochs"][0]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["steps"].as_u64().unwrap())
+        .collect();
     assert_eq!(blocks, vec![3, 3, 2], "8 steps split after global steps 3 and 6");
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("0_per_epoch_stats.json")).unwrap()).unwrap();
@@ -185,4 +189,19 @@ async fn cancel_stops_a_long_step_and_still_writes_the_run_files() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(report.interrupted);
     assert!(dir.join("summary.json").exists() && dir.join("dl_driver_report.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_can_generate_into_memory_and_train_from_it() {
+    let dir = scratch("memory");
+    let mut c = config(&dir, "train: {epochs: 1}");
+    c.dataset.format = dl_driver_core::config::Format::Npz;
+    c.dataset.record_length_bytes = 8192.0;
+    c.dataset.data_folder = "memory://engine-test/data".into();
+    let p = plan(&c, "test", 1).unwrap();
+    dl_driver_core::generate::generate(&c, &dl_driver_core::generate::GenerateOptions::default()).await.unwrap();
+    let report = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), &mut []).await.unwrap();
+    let block = &report.details["epochs"][0]["blocks"][0];
+    assert_eq!(block["steps"], 8);
+    assert!(block["bytes_read"].as_u64().unwrap() >= 16 * 2 * 8192, "whole npz files of 2 samples, per sample");
 }

@@ -64,7 +64,7 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
         }
         Scheme::Memory => {
             reject_backend_options(&shown, options, "memory://")?;
-            (Arc::new(InMemory::new()), None, key_path(&shown, &uri.path)?)
+            (memory(), None, key_path(&shown, &uri.path)?)
         }
         Scheme::S3 => {
             let mut b = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
@@ -118,6 +118,13 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
         }
     };
     Ok(Store { uri, inner, local, prefix, settings, secrets })
+}
+
+/// The process's one in-memory store: every `memory://` location opened in a process sees the same objects (so a
+/// run can generate into memory and then train from it), until the process exits.
+fn memory() -> Arc<InMemory> {
+    static MEMORY: std::sync::OnceLock<Arc<InMemory>> = std::sync::OnceLock::new();
+    Arc::clone(MEMORY.get_or_init(|| Arc::new(InMemory::new())))
 }
 
 fn backend_options(options: &StorageOptions) -> impl Iterator<Item = (&str, &str)> {
