@@ -218,7 +218,7 @@ def test_ctrl_c_stops_within_a_second_and_keeps_what_was_measured(tmp_path: Path
             "++workload.workflow.evaluation=False", f"++workload.dataset.data_folder={tmp_path / 'data'}",
             "++workload.dataset.num_files_train=6", "++workload.dataset.num_samples_per_file=4",
             "++workload.dataset.num_subfolders_train=0", "++workload.reader.batch_size=4",
-            "++workload.train.epochs=1000", "++workload.train.computation_time=5", f"++workload.output.folder={tmp_path / 'out'}"]
+            "++workload.train.epochs=1000", "++workload.train.computation_time=0.5", f"++workload.output.folder={tmp_path / 'out'}"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
     process.send_signal(signal.SIGINT)
@@ -228,4 +228,45 @@ def test_ctrl_c_stops_within_a_second_and_keeps_what_was_measured(tmp_path: Path
     assert process.returncode == 130, stderr
     details = json.loads((tmp_path / "out" / "dl_driver_report.json").read_text())
     assert details["interrupted"] is True
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs"] == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["epochs"] == 1, "the epoch cut short is reported with the steps it completed"
+    steps = details["epochs"][0]["blocks"][0]["steps"]
+    assert 1 <= steps < 6
+    assert summary["metric"]["train_au_mean_percentage"] > 90, "the interrupted step does not count as idle time"
+
+
+@pytest.mark.parametrize("backend", ["file", "s3-moto"])
+def test_transfer_size_and_odirect_read_the_same_samples(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    folder, options = backend_location(backend, tmp_path, request)
+    extra = {"reader.transfer_size": 1000} if backend == "s3-moto" else {"reader.odirect": True}
+    cfg = workload(tmp_path, "npz", folder=folder, **extra)
+    cfg.storage.storage_options = options
+    report = dl_driver.DlioRunner(cfg).run_benchmark()
+    reference = dl_driver.DlioRunner(workload(tmp_path / "ref", "npz")).run_benchmark()
+    assert [e["digest"] for e in report.epochs] == [e["digest"] for e in reference.epochs]
+    assert [e["blocks"][0]["bytes_read"] for e in report.epochs] == [e["blocks"][0]["bytes_read"] for e in reference.epochs]
+
+
+def test_credentials_in_overrides_stay_out_of_the_run_files(cli, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    folder, options = backend_location("s3-moto", tmp_path, request)
+    out = tmp_path / "out"
+    result = cli("run", "workload=quickstart", f"++workload.output.folder={out}", f"++workload.dataset.data_folder={folder}",
+                 *[f"++workload.storage.storage_options.{k}={v}" for k, v in options.items() if k != "secret_access_key"],
+                 "++workload.storage.storage_options.secret_access_key=SUPERSECRET")
+    assert result.returncode == 0, result.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "overrides.yaml" for p in files)
+    for path in files:
+        assert "SUPERSECRET" not in path.read_text(errors="replace"), path
+    assert "SUPERSECRET" not in result.stdout + result.stderr
+
+
+def test_hdf5_reads_the_sample_rows_and_checks_the_sample_count(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, "hdf5", **{"train.epochs": 1, "dataset.hdf5.num_dset_per_record": 2,
+                                        "dataset.record_dims": [4, 64, 16]})
+    report = dl_driver.DlioRunner(cfg).run_benchmark()
+    assert report.epochs[0]["blocks"][0]["bytes_read"] == 24 * 4 * 64 * 16, "each sample reads its rows of both datasets"
+    wrong = workload(tmp_path, "hdf5", **{"train.epochs": 1, "workflow.generate_data": False, "dataset.num_samples_per_file": 5,
+                                          "dataset.hdf5.num_dset_per_record": 2, "dataset.record_dims": [4, 64, 16]})
+    with pytest.raises(dl_driver.FormatError, match=r"has 4 samples, sample 4 was asked for"):
+        dl_driver.DlioRunner(wrong).run_benchmark()

@@ -4,12 +4,14 @@ The engine is Rust (``dl_driver._core``); this package is the Python face of it.
 """
 
 from dl_driver import storage
-from dl_driver._core import ConfigError, DlDriverError, FormatError, StorageError, __version__
+from dl_driver import checkpoint
+from dl_driver._core import CheckpointError, ConfigError, DlDriverError, FormatError, StorageError, __version__
 from dl_driver.config import Config, ConfigWarning, load_dlio_config, workloads
 from dl_driver.generation import generate
 from dl_driver.runner import DlioRunner, Report, batches
 
 __all__ = [
+    "CheckpointError",
     "Config",
     "ConfigError",
     "ConfigWarning",
@@ -20,6 +22,7 @@ __all__ = [
     "StorageError",
     "__version__",
     "batches",
+    "checkpoint",
     "generate",
     "load_dlio_config",
     "storage",

@@ -35,7 +35,15 @@ def run_benchmark(
     world_size: int = 1,
     console: bool = True,
     progress: bool = False,
+    plugins: list[object] = ...,
 ) -> tuple[str, str, bool]: ...
+
+class CheckpointError(DlDriverError):
+    """A checkpoint is incomplete, corrupt or cannot be written."""
+
+def checkpoint_list(uri: str, options: dict[str, str] | None = None) -> str: ...
+def checkpoint_verify(uri: str, name: str, options: dict[str, str] | None = None) -> int: ...
+def checkpoint_delete(uri: str, name: str, options: dict[str, str] | None = None) -> int: ...
 
 class PyBatch:
     samples: list[int]

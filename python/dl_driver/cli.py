@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from dl_driver import _core, launcher
+from dl_driver import _core, checkpoint, launcher
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
 from dl_driver.generation import generate
@@ -18,7 +18,6 @@ from dl_driver.runner import DlioRunner
 #: Subcommands that later versions bring, with what they will do.
 PLANNED = {
     "datasize": "computes MLPerf's minimum dataset size for a workload and host",
-    "checkpoint": "lists, verifies and deletes checkpoints",
     "report": "aggregates run folders into MLPerf JSON/CSV reports",
 }
 
@@ -51,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
     run.add_argument("--output", metavar="DIR", help="the run's output folder (default: output.folder)")
     run.set_defaults(handler=_run, skip_existing=False, threads=None)
+    ckpt = commands.add_parser("checkpoint", help="list, verify or delete the checkpoints under a location")
+    ckpt.add_argument("action", choices=["list", "verify", "delete"])
+    ckpt.add_argument("uri", help="the checkpoint folder (checkpoint.checkpoint_folder), a path or a URI")
+    ckpt.add_argument("names", nargs="*", help="checkpoints to verify or delete (default for verify: every complete one)")
+    ckpt.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a storage option (as in storage_options)"
+    )
+    ckpt.set_defaults(handler=_checkpoint)
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"(not available yet) {what}")
         planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -172,6 +179,36 @@ def _generate_config(cfg: Config, args: argparse.Namespace) -> None:
         f"generated {int(report['files_written'])} files ({int(report['files_skipped'])} already present), "
         f"{mib:.1f} MiB in {report['seconds']:.2f} s ({rate:.0f} MiB/s) at {cfg.plan()['data_location']}"
     )
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DlDriverError(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = value
+    listed = checkpoint.list_checkpoints(args.uri, **options)
+    if args.action == "list":
+        for c in listed:
+            state = "complete" if c["complete"] else "INCOMPLETE (no manifest)"
+            print(f"{c['name']}  {c['objects']} objects  {c['stored_bytes'] / 2**30:.3f} GiB  {state}")
+        return 0
+    names = args.names or ([c["name"] for c in listed if c["complete"]] if args.action == "verify" else [])
+    if not names:
+        raise DlDriverError(f"checkpoint {args.action}: name the checkpoints ({args.uri} holds {len(listed)})")
+    failed = 0
+    for name in names:
+        if args.action == "delete":
+            print(f"{name}: deleted {checkpoint.delete(args.uri, name, **options)} objects")
+            continue
+        try:
+            read = checkpoint.verify(args.uri, name, **options)
+            print(f"{name}: OK ({read / 2**30:.3f} GiB read and checked)")
+        except (DlDriverError, FileNotFoundError) as e:
+            print(f"{name}: FAILED: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _not_available(args: argparse.Namespace) -> int:

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +49,10 @@ class DlioRunner:
         rank, world_size: default to the launcher's (mpirun, torchrun, Slurm), else 0 of 1.
         console: print DLIO's ``[OUTPUT]`` lines and ``[METRIC]`` block to stdout.
         progress: show a progress line on stderr.
+        plugins: objects whose ``initialize()``, ``before_epoch(epoch)``, ``after_epoch(epoch)``,
+            ``before_step(epoch, step)``, ``after_step(epoch, step)`` and ``finalize()`` methods (those they have) are
+            called at the loop's hook points, after the plugins the config enables (``workflow.checkpoint``). An
+            exception stops the run with a DlDriverError naming the plugin and the hook.
     """
 
     def __init__(
@@ -60,30 +63,27 @@ class DlioRunner:
         world_size: int | None = None,
         console: bool = False,
         progress: bool = False,
+        plugins: Sequence[object] = (),
     ) -> None:
         self.config = config if isinstance(config, Config) else load_dlio_config(config)
         self.world_size = launcher.world_size(world_size)
         self.rank = launcher.rank(rank, self.world_size)
         self.console = console
         self.progress = progress
+        self.plugins = list(plugins)
 
     def generate(self, *, skip_existing: bool = False) -> dict[str, float]:
         """Writes this rank's share of the dataset."""
         return generate(self.config, rank=self.rank, world_size=self.world_size, skip_existing=skip_existing)
 
     def run_benchmark(self) -> Report:
-        """Generates data if the workflow asks, then trains; Ctrl-C stops the run and returns what was measured."""
+        """Generates data if the workflow asks, then trains (or runs the checkpoint-only workflow); Ctrl-C stops the
+        run and returns what was measured, marked ``interrupted``."""
         cfg = self.config
         if cfg.workflow.generate_data:
             self.generate()
-        if not cfg.workflow.train:
+        if not (cfg.workflow.train or cfg.workflow.checkpoint):
             return Report(summary={}, details={}, output_folder=cfg.output.folder)
-        if cfg.workflow.checkpoint:
-            print(
-                "warning: workflow.checkpoint: checkpointing is not available yet in dl-driver "
-                f"{_core.__version__}; the run measures training and evaluation only",
-                file=sys.stderr,
-            )
         summary, details, interrupted = _core.run_benchmark(
             cfg.to_json(redact=False),
             cfg.source_name,
@@ -93,6 +93,7 @@ class DlioRunner:
             self.world_size,
             self.console,
             self.progress,
+            self.plugins,
         )
         return Report(json.loads(summary), json.loads(details), interrupted, cfg.output.folder)
 

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod plugins;
 pub mod report;
 pub mod runner;
 pub mod sampler;

@@ -74,7 +74,7 @@ pub fn across_ranks(per_rank: &[(f64, f64)]) -> (f64, f64) {
 }
 
 /// The stages whose latencies are recorded.
-pub const STAGES: [&str; 6] = ["first_byte", "read", "decode", "batch_wait", "compute", "barrier"];
+pub const STAGES: [&str; 7] = ["first_byte", "read", "decode", "batch_wait", "compute", "barrier", "checkpoint_part"];
 
 /// An HDR histogram of latencies in nanoseconds, 1 ns to 1 hour at 3 significant digits.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl Latency {
 
 /// One histogram per stage, in [`STAGES`] order.
 #[derive(Debug, Clone, Default)]
-pub struct StageLatencies(pub [Latency; 6]);
+pub struct StageLatencies(pub [Latency; 7]);
 
 impl StageLatencies {
     pub fn record(&mut self, stage: usize, d: std::time::Duration) {

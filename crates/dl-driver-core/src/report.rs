@@ -20,6 +20,7 @@ use crate::comm::Communicator;
 use crate::config::Config;
 use crate::metrics::{across_ranks, mean_stdev, LatencySummary};
 use crate::plan::Plan;
+use crate::plugins::CheckpointRecord;
 use crate::runner::{BlockRecord, RankRecord, RunError, RunOptions};
 
 /// DLIO's timestamp: local time with microseconds, no zone.
@@ -75,7 +76,8 @@ pub fn save_config(config: &Config, options: &RunOptions, rank: u64) -> Result<(
     let folder = Path::new(&config.output.folder).join("dlio_config");
     fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
     let overrides = options.overrides.iter().fold(String::new(), |mut text, o| {
-        let _ = writeln!(text, "- {}", yaml_scalar(o));
+        let shown = crate::config::Override::parse(o).map_or_else(|_| o.clone(), |parsed| parsed.redacted_text());
+        let _ = writeln!(text, "- {}", yaml_scalar(&shown));
         text
     });
     let overrides = if overrides.is_empty() { "[]\n".to_string() } else { overrides };
@@ -116,7 +118,38 @@ struct RankShare {
     eval_digests: Vec<String>,
     repeated_samples: Vec<u64>,
     latency: std::collections::BTreeMap<String, LatencySummary>,
+    saves: Checkpoints,
+    loads: Checkpoints,
     interrupted: bool,
+}
+
+fn checkpoints_of(record: &RankRecord, kind: &str) -> Checkpoints {
+    record
+        .epochs
+        .iter()
+        .flat_map(|e| &e.checkpoints)
+        .filter(|(_, c)| c.kind == kind)
+        .map(|(_, c)| (c.name.clone(), c.duration, c.bytes))
+        .collect()
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
+fn checkpoint_details(c: &CheckpointRecord) -> Value {
+    json!({
+        "kind": c.kind,
+        "name": c.name,
+        "epoch": c.epoch,
+        "step": c.step,
+        "duration": c.duration,
+        "bytes": c.bytes,
+        "stored_bytes": c.stored_bytes,
+        "files": c.files,
+        "GiB_per_second": if c.duration > 0.0 { gib(c.bytes) / c.duration } else { 0.0 },
+        "compression_ratio": if c.stored_bytes > 0 { c.bytes as f64 / c.stored_bytes as f64 } else { 1.0 },
+    })
 }
 
 /// Gathers every rank's results and writes the run files.
@@ -141,6 +174,8 @@ pub fn finish(
         eval_digests: record.epochs.iter().filter_map(|e| e.eval_digest.clone()).collect(),
         repeated_samples: record.epochs.iter().map(|e| e.repeated_samples).collect(),
         latency: record.latency.summaries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        saves: checkpoints_of(record, "save"),
+        loads: checkpoints_of(record, "load"),
         interrupted: record.interrupted,
     };
     let gathered = comm.all_gather(serde_json::to_string(&share).expect("shares serialize")).map_err(RunError::Comm)?;
@@ -156,7 +191,7 @@ pub fn finish(
     };
     write(format!("{}_per_epoch_stats.json", record.rank), &per_epoch_stats(record))?;
     write(format!("{}_output.json", record.rank), &rank_output(record, &host, config, comm))?;
-    let summary = summary(config, comm, record, &ranks, &host);
+    let summary = summary(config, plan, comm, record, &ranks, &host);
     let interrupted = ranks.iter().any(|r| r.interrupted);
     let details = json!({
         "dl_driver_version": env!("CARGO_PKG_VERSION"),
@@ -168,6 +203,7 @@ pub fn finish(
         "ranks": ranks,
         "rank": record.rank,
         "epochs": record.epochs.iter().map(epoch_details).collect::<Vec<_>>(),
+        "checkpoints": record.epochs.iter().flat_map(|e| &e.checkpoints).map(|(_, c)| checkpoint_details(c)).collect::<Vec<_>>(),
         "latency": share.latency,
     });
     if record.rank == 0 {
@@ -200,6 +236,16 @@ fn epoch_details(e: &crate::runner::EpochRecord) -> Value {
     })
 }
 
+fn stamp_checkpoint(c: &CheckpointRecord) -> Value {
+    let throughput = if c.duration > 0.0 { gib(c.bytes) / c.duration } else { 0.0 };
+    json!({
+        "start": timestamp(&c.start),
+        "end": timestamp(&c.end),
+        "duration": format!("{:.2}", c.duration),
+        "throughput": throughput,
+    })
+}
+
 fn stamp_block(b: &BlockRecord) -> Value {
     json!({"start": timestamp(&b.start), "end": timestamp(&b.end), "duration": format!("{:.2}", b.duration)})
 }
@@ -211,6 +257,14 @@ fn per_epoch_stats(record: &RankRecord) -> Value {
         epoch.insert("start".into(), json!(timestamp(&e.start)));
         for (i, b) in e.blocks.iter().enumerate() {
             epoch.insert(format!("block{}", i + 1), stamp_block(b));
+            for (_, c) in e.checkpoints.iter().filter(|(n, _)| *n == i + 1) {
+                epoch.insert(format!("{}_ckpt{}", c.kind, i + 1), stamp_checkpoint(c));
+            }
+        }
+        if e.blocks.is_empty() {
+            for (n, c) in &e.checkpoints {
+                epoch.insert(format!("{}_ckpt{n}", c.kind), stamp_checkpoint(c));
+            }
         }
         epoch.insert("end".into(), json!(timestamp(&e.end)));
         epoch.insert("duration".into(), json!(format!("{:.2}", e.duration)));
@@ -298,7 +352,39 @@ fn reduce(
     (0..epochs).map(|e| across_ranks(&ranks.iter().map(|r| (au(r)[e], thr(r)[e])).collect::<Vec<_>>())).unzip()
 }
 
-fn summary(config: &Config, comm: &dyn Communicator, record: &RankRecord, ranks: &[RankShare], host: &Host) -> Value {
+/// (name, seconds, tensor bytes) of a rank's checkpoints of one kind.
+type Checkpoints = Vec<(String, f64, u64)>;
+
+/// Per checkpoint (in order), the longest rank's duration: the MLPerf rule (a checkpoint is done when every rank is).
+fn slowest(ranks: &[RankShare], pick: fn(&RankShare) -> &Checkpoints) -> Vec<f64> {
+    let count = ranks.iter().map(|r| pick(r).len()).min().unwrap_or(0);
+    (0..count).map(|i| ranks.iter().map(|r| pick(r)[i].1).fold(0.0, f64::max)).collect()
+}
+
+/// DLIO's checkpoint fields: GB/s = checkpoint_size_GB (every rank's share) / the slowest rank's duration.
+fn checkpoint_metrics(metric: &mut Map<String, Value>, plan: &Plan, ranks: &[RankShare]) {
+    let size = plan.checkpoint.as_ref().map_or(0.0, |c| c.size_gib);
+    for kind in ["save", "load"] {
+        let durations = slowest(ranks, if kind == "save" { |r| &r.saves } else { |r| &r.loads });
+        let rates: Vec<f64> = durations.iter().map(|d| if *d > 0.0 { size / d } else { 0.0 }).collect();
+        let (rate_mean, rate_std) = mean_stdev(&rates);
+        let (dur_mean, dur_std) = mean_stdev(&durations);
+        metric.insert(format!("{kind}_checkpoint_io_mean_GB_per_second"), number(rate_mean));
+        metric.insert(format!("{kind}_checkpoint_io_stdev_GB_per_second"), number(rate_std));
+        metric.insert(format!("{kind}_checkpoint_duration_mean_seconds"), number(dur_mean));
+        metric.insert(format!("{kind}_checkpoint_duration_stdev_seconds"), number(dur_std));
+    }
+    metric.insert("checkpoint_size_GB".into(), json!(size));
+}
+
+fn summary(
+    config: &Config,
+    plan: &Plan,
+    comm: &dyn Communicator,
+    record: &RankRecord,
+    ranks: &[RankShare],
+    host: &Host,
+) -> Value {
     let mut hosts: Vec<(&str, f64, u64, u64)> = Vec::new();
     for r in ranks {
         match hosts.iter_mut().find(|h| h.0 == r.hostname) {
@@ -309,11 +395,16 @@ fn summary(config: &Config, comm: &dyn Communicator, record: &RankRecord, ranks:
     let per_node = hosts.iter().map(|h| h.3).max().unwrap_or(1);
     let data_per_host = data_size_per_host_gib(config, comm.size(), per_node);
     let mut metric = Map::new();
-    let (au, thr) = reduce(ranks, |r| &r.train_au, |r| &r.train_throughput);
-    phase_metrics(&mut metric, "train", &au, &thr, config);
-    if config.workflow.evaluation {
+    if config.workflow.train {
+        let (au, thr) = reduce(ranks, |r| &r.train_au, |r| &r.train_throughput);
+        phase_metrics(&mut metric, "train", &au, &thr, config);
+    }
+    if config.workflow.evaluation && config.workflow.train {
         let (au, thr) = reduce(ranks, |r| &r.eval_au, |r| &r.eval_throughput);
         phase_metrics(&mut metric, "eval", &au, &thr, config);
+    }
+    if config.workflow.checkpoint {
+        checkpoint_metrics(&mut metric, plan, ranks);
     }
     let d = &config.dataset;
     let mut s = Map::new();
@@ -335,66 +426,97 @@ fn summary(config: &Config, comm: &dyn Communicator, record: &RankRecord, ranks:
     s.insert("host_meminfo".into(), json!(host.meminfo));
     s.insert("host_memory_GB".into(), json!(hosts.iter().map(|h| h.1).collect::<Vec<_>>()));
     s.insert("data_size_per_host_GB".into(), json!(data_per_host));
-    s.insert("epochs".into(), json!(ranks.iter().map(|r| r.train_au.len()).min().unwrap_or(0)));
+    let epochs = if config.workflow.train { ranks.iter().map(|r| r.train_au.len()).min().unwrap_or(0) } else { 0 };
+    s.insert("epochs".into(), json!(epochs));
     s.insert("end".into(), json!(timestamp(&record.end)));
     Value::Object(s)
 }
 
-/// DLIO's final `[METRIC]` block.
+/// DLIO's final `[METRIC]` block (checkpoint lines are dl-driver's).
 fn metric_block(config: &Config, summary: &Value) -> String {
     let m = &summary["metric"];
     let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    let w = &config.workflow;
+    // (shown, label, mean key, stdev key, decimals)
+    let mut lines: Vec<(bool, &str, &str, &str, usize)> = vec![
+        (
+            w.train,
+            "Training Accelerator Utilization [AU] (%)",
+            "train_au_mean_percentage",
+            "train_au_stdev_percentage",
+            4,
+        ),
+        (
+            w.train,
+            "Training Throughput (samples/second)",
+            "train_throughput_mean_samples_per_second",
+            "train_throughput_stdev_samples_per_second",
+            4,
+        ),
+        (
+            w.train,
+            "Training I/O Throughput (MB/second)",
+            "train_io_mean_MB_per_second",
+            "train_io_stdev_MB_per_second",
+            4,
+        ),
+    ];
+    let eval = w.train && w.evaluation;
+    lines.extend([
+        (eval, "Eval Accelerator Utilization [AU] (%)", "eval_au_mean_percentage", "eval_au_stdev_percentage", 4),
+        (
+            eval,
+            "Eval Throughput (samples/second)",
+            "eval_throughput_mean_samples_per_second",
+            "eval_throughput_stdev_samples_per_second",
+            6,
+        ),
+        (eval, "Eval Throughput (MB/second)", "eval_io_mean_MB_per_second", "eval_io_stdev_MB_per_second", 6),
+        (
+            w.checkpoint,
+            "Checkpoint save duration (seconds)",
+            "save_checkpoint_duration_mean_seconds",
+            "save_checkpoint_duration_stdev_seconds",
+            4,
+        ),
+        (
+            w.checkpoint,
+            "Checkpoint save I/O Throughput (GB/second)",
+            "save_checkpoint_io_mean_GB_per_second",
+            "save_checkpoint_io_stdev_GB_per_second",
+            4,
+        ),
+        (
+            w.checkpoint,
+            "Checkpoint load duration (seconds)",
+            "load_checkpoint_duration_mean_seconds",
+            "load_checkpoint_duration_stdev_seconds",
+            4,
+        ),
+        (
+            w.checkpoint,
+            "Checkpoint load I/O Throughput (GB/second)",
+            "load_checkpoint_io_mean_GB_per_second",
+            "load_checkpoint_io_stdev_GB_per_second",
+            4,
+        ),
+    ]);
     let rule = format!("[METRIC] {}", "=".repeat(58));
-    let mut t = String::from("[OUTPUT] Averaged metric over all epochs\n");
-    let _ = writeln!(t, "{rule}");
+    let mut t = format!("[OUTPUT] Averaged metric over all epochs\n{rule}\n");
     let _ = writeln!(t, "[METRIC] Number of Simulated Accelerators: {} ", summary["num_accelerators"]);
-    let _ = writeln!(
-        t,
-        "[METRIC] Training Accelerator Utilization [AU] (%): {:.4} ({:.4})",
-        f("train_au_mean_percentage"),
-        f("train_au_stdev_percentage")
-    );
-    let _ = writeln!(
-        t,
-        "[METRIC] Training Throughput (samples/second): {:.4} ({:.4})",
-        f("train_throughput_mean_samples_per_second"),
-        f("train_throughput_stdev_samples_per_second")
-    );
-    let _ = writeln!(
-        t,
-        "[METRIC] Training I/O Throughput (MB/second): {:.4} ({:.4})",
-        f("train_io_mean_MB_per_second"),
-        f("train_io_stdev_MB_per_second")
-    );
-    let _ = writeln!(
-        t,
-        "[METRIC] train_au_meet_expectation: {}",
-        m["train_au_meet_expectation"].as_str().unwrap_or("fail")
-    );
-    if config.workflow.evaluation {
-        let _ = writeln!(
-            t,
-            "[METRIC] Eval Accelerator Utilization [AU] (%): {:.4} ({:.4})",
-            f("eval_au_mean_percentage"),
-            f("eval_au_stdev_percentage")
-        );
-        let _ = writeln!(
-            t,
-            "[METRIC] Eval Throughput (samples/second): {:.6} ({:.6})",
-            f("eval_throughput_mean_samples_per_second"),
-            f("eval_throughput_stdev_samples_per_second")
-        );
-        let _ = writeln!(
-            t,
-            "[METRIC] Eval Throughput (MB/second): {:.6} ({:.6})",
-            f("eval_io_mean_MB_per_second"),
-            f("eval_io_stdev_MB_per_second")
-        );
-        let _ = writeln!(
-            t,
-            "[METRIC] eval_au_meet_expectation: {}",
-            m["eval_au_meet_expectation"].as_str().unwrap_or("fail")
-        );
+    for (i, (shown, label, mean, stdev, d)) in lines.into_iter().enumerate() {
+        if shown {
+            let _ = writeln!(t, "[METRIC] {label}: {:.d$} ({:.d$})", f(mean), f(stdev));
+        }
+        for (after, phase) in [(2, "train"), (5, "eval")] {
+            if i == after && shown {
+                let key = format!("{phase}_au_meet_expectation");
+                let _ = writeln!(t, "[METRIC] {key}: {}", m[&key].as_str().unwrap_or("fail"));
+            }
+        }
+    }
+    if w.checkpoint {
+        let _ = writeln!(t, "[METRIC] Checkpoint size (GB): {:.4}", f("checkpoint_size_GB"));
     }
     t.push_str(&rule);
     t

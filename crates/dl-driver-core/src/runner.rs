@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Local};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -18,6 +17,7 @@ use crate::generate::layout::{self, Split};
 use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
 use crate::pipeline::{Pipeline, PipelineError, ReaderSpec, Readers};
 use crate::plan::Plan;
+use crate::plugins::{self, CheckpointRecord, Hook, HookError, Plugin, StepPoint};
 use crate::report::{self, Console};
 use crate::sampler::{Rng, Sampler, ShufflePolicy, PURPOSE_COMPUTE};
 use crate::storage::{self, StorageError, StorageOptions, Store};
@@ -34,6 +34,8 @@ pub enum RunError {
     Dataset(String),
     #[error("plugin '{plugin}' failed in {hook}: {message}")]
     Plugin { plugin: String, hook: &'static str, message: String },
+    #[error("the checkpoint plugin is needed: {0}")]
+    Checkpoint(String),
     #[error("communicator: {0}")]
     Comm(String),
     #[error("{0}")]
@@ -60,40 +62,6 @@ impl Cancel {
             return;
         }
         notified.await;
-    }
-}
-
-/// Where the loop is, for plugins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StepPoint {
-    pub epoch: u64,
-    /// Step within the epoch, from 1.
-    pub step: u64,
-    /// Steps since the run started, from 1.
-    pub global_step: u64,
-}
-
-/// Code called at the loop's hook points; an error stops the run and names the plugin.
-#[async_trait]
-pub trait Plugin: Send {
-    fn name(&self) -> String;
-    async fn initialize(&mut self, _plan: &Plan) -> Result<(), String> {
-        Ok(())
-    }
-    async fn before_epoch(&mut self, _epoch: u64) -> Result<(), String> {
-        Ok(())
-    }
-    async fn after_epoch(&mut self, _epoch: u64) -> Result<(), String> {
-        Ok(())
-    }
-    async fn before_step(&mut self, _at: StepPoint) -> Result<(), String> {
-        Ok(())
-    }
-    async fn after_step(&mut self, _at: StepPoint) -> Result<(), String> {
-        Ok(())
-    }
-    async fn finalize(&mut self) -> Result<(), String> {
-        Ok(())
     }
 }
 
@@ -137,6 +105,8 @@ pub struct EpochRecord {
     pub digest: String,
     pub eval_digest: Option<String>,
     pub repeated_samples: u64,
+    /// Checkpoints saved or loaded in this epoch, each with the number of the block it follows.
+    pub checkpoints: Vec<(usize, CheckpointRecord)>,
 }
 
 /// What one rank measured.
@@ -150,39 +120,48 @@ pub struct RankRecord {
     pub interrupted: bool,
 }
 
-/// Runs the training (and evaluation) of `config` as `comm`'s rank; writes the run files; returns the report.
+fn plugin_error((plugin, hook, message): HookError) -> RunError {
+    RunError::Plugin { plugin, hook, message }
+}
+
+/// Runs the training (and evaluation) of `config` as `comm`'s rank, or its checkpoint-only workflow, calling the
+/// plugins the config asks for and then `extra` at the hook points; writes the run files; returns the report.
 pub async fn run(
     config: &Config,
     plan: &Plan,
     options: &RunOptions,
     comm: &dyn Communicator,
-    plugins: &mut [Box<dyn Plugin>],
+    extra: Vec<Box<dyn Plugin>>,
 ) -> Result<report::Report, RunError> {
-    let train = readers(config, plan, Split::Train, false).await?;
+    let mut plugins = plugins::from_config(config);
+    plugins.extend(extra);
+    let plugins = plugins.as_mut_slice();
+    let training = config.workflow.train;
+    let train = if training { Some(readers(config, plan, Split::Train, false).await?) } else { None };
     let eval = if plan.eval_epochs.count > 0 { Some(readers(config, plan, Split::Valid, false).await?) } else { None };
     let console = Console::open(config, comm.rank(), options.console)?;
-    console.out(&format!("Running DLIO [Training] with {} process(es)", comm.size()));
+    let what = if training { "Training" } else { "Checkpointing" };
+    console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
     report::save_config(config, options, comm.rank())?;
-    for p in plugins.iter_mut() {
-        let name = p.name();
-        p.initialize(plan).await.map_err(|message| RunError::Plugin { plugin: name, hook: "initialize", message })?;
-    }
+    plugins::call(plugins, Hook::Initialize(plan), comm).await.map_err(plugin_error)?;
     let mut run = Loop::new(config, plan, options, comm, console);
-    run.console.out(&format!(
-        "Max steps per epoch: {} = {} * {} / {} / {} (samples per file * num files / batch size / comm size)",
-        plan.train.steps_per_epoch,
-        plan.dataset.samples_per_file,
-        plan.train.files,
-        plan.train.batch_size,
-        comm.size()
-    ));
-    let mut result = run.epochs(&train, eval.as_ref(), plugins).await;
-    for p in plugins.iter_mut() {
-        let name = p.name();
-        let finalized = p.finalize().await;
-        if let (Ok(()), Err(message)) = (&result, finalized) {
-            result = Err(RunError::Plugin { plugin: name, hook: "finalize", message });
+    let mut result = match &train {
+        Some(train) => {
+            run.console.out(&format!(
+                "Max steps per epoch: {} = {} * {} / {} / {} (samples per file * num files / batch size / comm size)",
+                plan.train.steps_per_epoch,
+                plan.dataset.samples_per_file,
+                plan.train.files,
+                plan.train.batch_size,
+                comm.size()
+            ));
+            run.epochs(train, eval.as_ref(), plugins).await
         }
+        None => run.checkpoint_only(plugins).await,
+    };
+    let finalized = plugins::call(plugins, Hook::Finalize, comm).await;
+    if let (Ok(()), Err(e)) = (&result, finalized) {
+        result = Err(plugin_error(e));
     }
     result?;
     let record = RankRecord {
@@ -332,8 +311,9 @@ impl OpenBlock {
         Self { start: Local::now(), started: Instant::now(), steps: Vec::new(), bytes_read: 0 }
     }
 
-    fn close(self, config: &Config, batch: u64) -> BlockRecord {
-        let duration = self.started.elapsed().as_secs_f64();
+    /// Ends the block at `at` (now when `None`).
+    fn close(self, config: &Config, batch: u64, at: Option<Instant>) -> BlockRecord {
+        let duration = at.unwrap_or_else(Instant::now).saturating_duration_since(self.started).as_secs_f64();
         let m = &config.output.metric;
         let (au, throughput) = block_metrics(&self.steps, duration, batch, m.exclude_start_steps, m.exclude_end_steps);
         BlockRecord {
@@ -416,46 +396,48 @@ impl<'a> Loop<'a> {
         let sampler = self.sampler(Split::Train);
         let steps = self.plan.train.steps_per_epoch;
         let batch = self.plan.train.batch_size;
-        let every = self.plan.checkpoint.as_ref().and_then(|c| c.every_steps);
         let mut global_step = 0;
         for epoch in 1..=self.plan.train.epochs {
             if self.options.cancel.is_cancelled() {
                 return Ok(());
             }
-            for p in plugins.iter_mut() {
-                let name = p.name();
-                p.before_epoch(epoch).await.map_err(|message| RunError::Plugin {
-                    plugin: name,
-                    hook: "before_epoch",
-                    message,
-                })?;
-            }
+            plugins::call(plugins, Hook::BeforeEpoch(epoch), self.comm).await.map_err(plugin_error)?;
             let epoch_start = (Local::now(), Instant::now());
             self.console.out(&format!("Starting epoch {epoch}: {steps} steps expected"));
             self.progress.steps.store(0, Ordering::Relaxed);
             let order = Arc::new(sampler.epoch(epoch));
             let mut pipeline = Pipeline::start(train, &order, batch, steps);
             let mut blocks = Vec::new();
-            let mut block = OpenBlock::new();
+            let mut checkpoints = Vec::new();
+            let mut block = Some(OpenBlock::new());
             self.console.out("Starting block 1");
             for step in 1..=steps {
                 global_step += 1;
                 let at = StepPoint { epoch, step, global_step };
-                let Some(times) =
+                let Some((times, bytes, saved)) =
                     self.step(&mut pipeline, self.config.train.computation_time, true, at, plugins).await?
                 else {
                     break;
                 };
-                block.bytes_read += times.1;
-                block.steps.push(times.0);
-                if every.is_some_and(|n| n > 0 && global_step % n == 0) && step < steps {
-                    blocks.push(self.close_block(block, epoch, blocks.len() + 1, batch));
-                    block = OpenBlock::new();
-                    self.console.out(&format!("Starting block {}", blocks.len() + 1));
+                let open = block.get_or_insert_with(OpenBlock::new);
+                open.bytes_read += bytes;
+                open.steps.push(times);
+                if let Some(first) = saved.first() {
+                    // A step checkpoint closes the metric block where it starts; the next step opens a new one.
+                    let closing = block.take().expect("a block is open");
+                    blocks.push(self.close_block(closing, Some(first.started), epoch, blocks.len() + 1, batch));
+                    self.add_checkpoints(&mut checkpoints, blocks.len(), saved);
+                    if step < steps {
+                        self.console.out(&format!("Starting block {}", blocks.len() + 1));
+                    }
                 }
             }
-            blocks.push(self.close_block(block, epoch, blocks.len() + 1, batch));
+            if let Some(open) = block.take() {
+                blocks.push(self.close_block(open, None, epoch, blocks.len() + 1, batch));
+            }
             drop(pipeline);
+            let saved = plugins::call(plugins, Hook::AfterEpoch(epoch), self.comm).await.map_err(plugin_error)?;
+            self.add_checkpoints(&mut checkpoints, blocks.len(), saved);
             let weights = |f: fn(&BlockRecord) -> f64| blocks.iter().map(|b| (f(b), b.steps.len())).collect::<Vec<_>>();
             let (au, throughput) = (step_weighted(&weights(|b| b.au)), step_weighted(&weights(|b| b.throughput)));
             let done: usize = blocks.iter().map(|b| b.steps.len()).sum();
@@ -473,29 +455,78 @@ impl<'a> Loop<'a> {
                 digest: order.digest.clone(),
                 eval_digest: None,
                 repeated_samples: order.repeated,
+                checkpoints,
             };
             if let Some(eval) =
                 eval.filter(|_| self.plan.eval_epochs.contains(epoch) && !self.options.cancel.is_cancelled())
             {
                 let (block, digest) = self.evaluate(eval, epoch, plugins).await?;
-                record.eval = Some(block);
-                record.eval_digest = Some(digest);
+                // An evaluation cut off before its first step measured nothing.
+                if !block.steps.is_empty() {
+                    record.eval = Some(block);
+                    record.eval_digest = Some(digest);
+                }
             }
-            self.epochs.push(record);
-            for p in plugins.iter_mut() {
-                let name = p.name();
-                p.after_epoch(epoch).await.map_err(|message| RunError::Plugin {
-                    plugin: name,
-                    hook: "after_epoch",
-                    message,
-                })?;
+            // An epoch cut off by Ctrl-C before its first step measured nothing: it is not an epoch of the result.
+            if done > 0 || !self.options.cancel.is_cancelled() {
+                self.epochs.push(record);
             }
         }
         Ok(())
     }
 
-    fn close_block(&self, block: OpenBlock, epoch: u64, number: usize, batch: u64) -> BlockRecord {
-        let b = block.close(self.config, batch);
+    /// Logs and keeps the checkpoints a hook reported, after block `block`.
+    fn add_checkpoints(
+        &mut self,
+        into: &mut Vec<(usize, CheckpointRecord)>,
+        block: usize,
+        records: Vec<CheckpointRecord>,
+    ) {
+        for r in records {
+            self.console.out(&format!(
+                "Ending {} checkpoint {} ({:.3} GiB in {:.2} s) for epoch {}",
+                r.kind,
+                r.name,
+                r.bytes as f64 / f64::from(1u32 << 30),
+                r.duration,
+                r.epoch
+            ));
+            self.latency.0[6].add(&r.part_latency);
+            into.push((block, r));
+        }
+    }
+
+    /// The checkpoint-only workflow: the plugins' write and read loops, reported as epoch 1's checkpoints.
+    async fn checkpoint_only(&mut self, plugins: &mut [Box<dyn Plugin>]) -> Result<(), RunError> {
+        let (start, started) = (Local::now(), Instant::now());
+        let records = plugins::call(plugins, Hook::CheckpointOnly, self.comm).await.map_err(plugin_error)?;
+        let mut checkpoints = Vec::new();
+        let (mut saves, mut loads) = (0, 0);
+        for r in records {
+            let n = if r.kind == "save" { &mut saves } else { &mut loads };
+            *n += 1;
+            let number = *n;
+            self.add_checkpoints(&mut checkpoints, number, vec![r]);
+        }
+        self.epochs.push(EpochRecord {
+            epoch: 1,
+            start,
+            end: Local::now(),
+            duration: started.elapsed().as_secs_f64(),
+            blocks: Vec::new(),
+            eval: None,
+            au: 0.0,
+            throughput: 0.0,
+            digest: String::new(),
+            eval_digest: None,
+            repeated_samples: 0,
+            checkpoints,
+        });
+        Ok(())
+    }
+
+    fn close_block(&self, block: OpenBlock, at: Option<Instant>, epoch: u64, number: usize, batch: u64) -> BlockRecord {
+        let b = block.close(self.config, batch, at);
         self.console.out(&format!("Ending block {number} - {} steps completed in {:.2} s", b.steps.len(), b.duration));
         self.console
             .out(&format!("Epoch {epoch} - Block {number} [Training] Accelerator Utilization [AU] (%): {:.4}", b.au));
@@ -514,6 +545,7 @@ impl<'a> Loop<'a> {
     ) -> Result<(BlockRecord, String), RunError> {
         let (steps, batch) = (self.plan.eval.steps_per_epoch, self.plan.eval.batch_size);
         self.console.out(&format!("Starting eval - {steps} steps expected"));
+        self.progress.steps.store(0, Ordering::Relaxed);
         let order = Arc::new(self.sampler(Split::Valid).epoch(epoch));
         let mut pipeline = Pipeline::start(eval, &order, batch, steps);
         let mut block = OpenBlock::new();
@@ -526,7 +558,7 @@ impl<'a> Loop<'a> {
             block.bytes_read += times.1;
             block.steps.push(times.0);
         }
-        let b = block.close(self.config, batch);
+        let b = block.close(self.config, batch, None);
         self.console.out(&format!("Ending eval - {} steps completed in {:.2} s", b.steps.len(), b.duration));
         self.console.out(&format!("Epoch {epoch} [Eval] Accelerator Utilization [AU] (%): {:.4}", b.au));
         self.console.out(&format!(
@@ -544,7 +576,7 @@ impl<'a> Loop<'a> {
         training: bool,
         at: StepPoint,
         plugins: &mut [Box<dyn Plugin>],
-    ) -> Result<Option<(StepTimes, u64)>, RunError> {
+    ) -> Result<Option<(StepTimes, u64, Vec<CheckpointRecord>)>, RunError> {
         let cancel = self.options.cancel.clone();
         let t0 = Instant::now();
         let batch = tokio::select! {
@@ -560,20 +592,13 @@ impl<'a> Loop<'a> {
             self.latency.record(2, t.decode);
         }
         if training {
-            for p in plugins.iter_mut() {
-                let name = p.name();
-                p.before_step(at).await.map_err(|message| RunError::Plugin {
-                    plugin: name,
-                    hook: "before_step",
-                    message,
-                })?;
-            }
+            plugins::call(plugins, Hook::BeforeStep(at), self.comm).await.map_err(plugin_error)?;
         }
         let seconds = draw(&compute, &mut self.rng);
         let t_compute = Instant::now();
         if seconds > 0.0 {
             tokio::select! {
-                () = precise_sleep(Duration::from_secs_f64(seconds)) => {},
+                () = precise_sleep(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)) => {},
                 () = cancel.cancelled() => return Ok(None),
             }
         }
@@ -586,15 +611,12 @@ impl<'a> Loop<'a> {
         self.latency.record(4, t2 - t_compute);
         if training {
             self.latency.record(5, t3 - t2);
-            for p in plugins.iter_mut() {
-                let name = p.name();
-                p.after_step(at).await.map_err(|message| RunError::Plugin {
-                    plugin: name,
-                    hook: "after_step",
-                    message,
-                })?;
-            }
         }
+        let saved = if training {
+            plugins::call(plugins, Hook::AfterStep(at), self.comm).await.map_err(plugin_error)?
+        } else {
+            Vec::new()
+        };
         self.progress.steps.fetch_add(1, Ordering::Relaxed);
         self.progress.samples.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
         self.progress.bytes.fetch_add(batch.bytes_read, Ordering::Relaxed);
@@ -603,7 +625,7 @@ impl<'a> Loop<'a> {
             proc: (t2 - t0).as_secs_f64(),
             compute: (t2 - t_compute).as_secs_f64(),
         };
-        Ok(Some((times, batch.bytes_read)))
+        Ok(Some((times, batch.bytes_read, saved)))
     }
 }
 

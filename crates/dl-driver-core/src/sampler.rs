@@ -152,8 +152,14 @@ impl Sampler {
         }
         let wanted = usize::try_from(self.steps_per_epoch * self.batch_size).unwrap_or(usize::MAX);
         let repeated = wanted.saturating_sub(own.len()) as u64;
-        let samples: Vec<SampleId> =
-            if own.is_empty() { Vec::new() } else { own.iter().copied().cycle().take(wanted).collect() };
+        let total = self.total_samples();
+        if own.is_empty() && total > 0 && wanted > 0 {
+            // More ranks than ceil-sized ranges: this rank owns nothing but must run the common steps, so it reads
+            // the samples that follow its would-be range, wrapping around the dataset.
+            let per_rank = total.div_ceil(self.world_size.max(1));
+            own = (0..wanted as u64).map(|i| (self.rank * per_rank + i) % total).collect();
+        }
+        let samples: Vec<SampleId> = own.iter().copied().cycle().take(wanted).collect();
         let digest = digest(&samples);
         EpochOrder { samples, repeated, digest }
     }
@@ -217,6 +223,16 @@ mod tests {
         assert_eq!(order.repeated, 1);
         let first = sampler(10, 1, 0, 4, 1, Shuffle::Off, Shuffle::Off).epoch(1);
         assert_eq!((first.samples, first.repeated), (vec![0, 1], 0));
+    }
+
+    #[test]
+    fn ranks_without_samples_still_run_the_steps() {
+        // 10 samples on 8 ranks: ceil = 2, ranks 5..7 own nothing; steps = floor(10 / 1 / 8) = 1.
+        for rank in 5..8 {
+            let order = sampler(10, 1, rank, 8, 1, Shuffle::Off, Shuffle::Off).epoch(1);
+            assert_eq!((order.samples.len(), order.repeated), (1, 1), "rank {rank}");
+            assert!(order.samples[0] < 10);
+        }
     }
 
     #[test]

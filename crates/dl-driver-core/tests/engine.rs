@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use dl_driver_core::comm::SingleProcess;
 use dl_driver_core::config::{resolve, Config};
 use dl_driver_core::plan::{plan, Plan};
-use dl_driver_core::runner::{run, Plugin, RunOptions, StepPoint};
+use dl_driver_core::plugins::{HookContext, Plugin, StepPoint};
+use dl_driver_core::runner::{run, RunOptions};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("engine-{name}-{}", std::process::id()));
@@ -57,27 +58,27 @@ impl Plugin for Recorder {
     fn name(&self) -> String {
         "recorder".into()
     }
-    async fn initialize(&mut self, plan: &Plan) -> Result<(), String> {
+    async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("init steps={}", plan.train.steps_per_epoch));
         Ok(())
     }
-    async fn before_epoch(&mut self, epoch: u64) -> Result<(), String> {
+    async fn before_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("before_epoch {epoch}"));
         Ok(())
     }
-    async fn after_epoch(&mut self, epoch: u64) -> Result<(), String> {
+    async fn after_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("after_epoch {epoch}"));
         Ok(())
     }
-    async fn before_step(&mut self, at: StepPoint) -> Result<(), String> {
+    async fn before_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("before_step {}.{} ({})", at.epoch, at.step, at.global_step));
         Ok(())
     }
-    async fn after_step(&mut self, at: StepPoint) -> Result<(), String> {
+    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("after_step {}.{} ({})", at.epoch, at.step, at.global_step));
         Ok(())
     }
-    async fn finalize(&mut self) -> Result<(), String> {
+    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push("finalize".into());
         Ok(())
     }
@@ -91,7 +92,7 @@ impl Plugin for Failing {
     fn name(&self) -> String {
         "failing".into()
     }
-    async fn after_step(&mut self, at: StepPoint) -> Result<(), String> {
+    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         if at.global_step == 3 {
             return Err("disk full".into());
         }
@@ -105,8 +106,8 @@ async fn plugins_see_every_hook_in_order_with_epoch_and_step_numbers() {
     let c = config(&dir, "train: {epochs: 2}");
     let p = plan(&c, "test", 1).unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let mut plugins: Vec<Box<dyn Plugin>> = vec![Box::new(Recorder(Arc::clone(&calls)))];
-    run(&c, &p, &RunOptions::default(), &SingleProcess::default(), &mut plugins).await.unwrap();
+    let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(Recorder(Arc::clone(&calls)))];
+    run(&c, &p, &RunOptions::default(), &SingleProcess::default(), plugins).await.unwrap();
     let mut expected = vec!["init steps=8".to_string()];
     for epoch in 1..=2u64 {
         expected.push(format!("before_epoch {epoch}"));
@@ -120,8 +121,8 @@ async fn plugins_see_every_hook_in_order_with_epoch_and_step_numbers() {
     expected.push("finalize".into());
     assert_eq!(*calls.lock().unwrap(), expected);
 
-    let mut failing: Vec<Box<dyn Plugin>> = vec![Box::new(Failing)];
-    let e = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), &mut failing).await.unwrap_err();
+    let failing: Vec<Box<dyn Plugin>> = vec![Box::new(Failing)];
+    let e = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), failing).await.unwrap_err();
     assert_eq!(e.to_string(), "plugin 'failing' failed in after_step: disk full");
 }
 
@@ -130,10 +131,14 @@ async fn step_checkpoints_split_metric_blocks() {
     let dir = scratch("blocks");
     let c = config(
         &dir,
-        "workflow: {checkpoint: True}\ncheckpoint: {steps_between_checkpoints: 3}\ntrain: {epochs: 1, computation_time: 0.001}\nmodel: {model_size_bytes: 1024}",
+        &format!(
+            "workflow: {{checkpoint: True}}\ncheckpoint: {{steps_between_checkpoints: 3, checkpoint_folder: '{}'}}\n\
+             train: {{epochs: 1, computation_time: 0.001}}\nmodel: {{model_size_bytes: 1024}}",
+            dir.join("ckpt").display()
+        ),
     );
     let p = plan(&c, "test", 1).unwrap();
-    let report = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), &mut []).await.unwrap();
+    let report = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), Vec::new()).await.unwrap();
     let blocks: Vec<u64> = report.details["epochs"][0]["blocks"]
         .as_array()
         .unwrap()
@@ -144,7 +149,12 @@ async fn step_checkpoints_split_metric_blocks() {
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("0_per_epoch_stats.json")).unwrap()).unwrap();
     let keys: Vec<&String> = stats["1"].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["start", "block1", "block2", "block3", "end", "duration"]);
+    assert_eq!(keys, ["start", "block1", "save_ckpt1", "block2", "save_ckpt2", "block3", "end", "duration"]);
+    let mut written: Vec<String> =
+        std::fs::read_dir(dir.join("ckpt")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    written.sort();
+    assert_eq!(written, ["global_epoch1_step3", "global_epoch1_step6"]);
+    assert_eq!(std::fs::metadata(dir.join("ckpt/global_epoch1_step3/model_states-0.pt")).unwrap().len(), 1024);
     // The epoch's AU is the step-weighted mean of its blocks'.
     let e = &report.details["epochs"][0];
     let weighted: f64 = e["blocks"]
@@ -165,7 +175,7 @@ async fn uneven_ranks_run_the_same_number_of_steps() {
         let c = config(&dir, "train: {epochs: 1}");
         let p = plan(&c, "test", 3).unwrap();
         let comm = SingleProcess { rank, size: 3 };
-        let report = run(&c, &p, &RunOptions::default(), &comm, &mut []).await.unwrap();
+        let report = run(&c, &p, &RunOptions::default(), &comm, Vec::new()).await.unwrap();
         assert_eq!(report.details["epochs"][0]["blocks"][0]["steps"], 2, "rank {rank}");
         assert_eq!(report.details["epochs"][0]["repeated_samples"], 0);
         assert_eq!(dir.join("summary.json").exists(), rank == 0, "only rank 0 writes summary.json");
@@ -185,7 +195,7 @@ async fn cancel_stops_a_long_step_and_still_writes_the_run_files() {
         cancel.cancel();
     });
     let started = Instant::now();
-    let report = run(&c, &p, &options, &SingleProcess::default(), &mut []).await.unwrap();
+    let report = run(&c, &p, &options, &SingleProcess::default(), Vec::new()).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(report.interrupted);
     assert!(dir.join("summary.json").exists() && dir.join("dl_driver_report.json").exists());
@@ -200,7 +210,7 @@ async fn a_run_can_generate_into_memory_and_train_from_it() {
     c.dataset.data_folder = "memory://engine-test/data".into();
     let p = plan(&c, "test", 1).unwrap();
     dl_driver_core::generate::generate(&c, &dl_driver_core::generate::GenerateOptions::default()).await.unwrap();
-    let report = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), &mut []).await.unwrap();
+    let report = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), Vec::new()).await.unwrap();
     let block = &report.details["epochs"][0]["blocks"][0];
     assert_eq!(block["steps"], 8);
     assert!(block["bytes_read"].as_u64().unwrap() >= 16 * 2 * 8192, "whole npz files of 2 samples, per sample");

@@ -4,10 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dl_driver_core::checkpoint::manifest;
+use dl_driver_core::checkpoint::stream::CheckpointError;
 use dl_driver_core::comm::SingleProcess;
 use dl_driver_core::generate::layout::Split;
 use dl_driver_core::pipeline::{Batch, Pipeline, PipelineError};
+use dl_driver_core::plugins::{HookContext, Plugin, StepPoint};
 use dl_driver_core::runner::{self, Cancel, RunError, RunOptions};
+use dl_driver_core::storage::{self as core_storage, StorageOptions};
 use dl_driver_core::{plan, sampler};
 use pyo3::prelude::*;
 
@@ -30,9 +34,55 @@ fn check_rank(rank: u64, world_size: u64) -> PyResult<()> {
     Ok(())
 }
 
-/// Runs the workload's training and evaluation; returns (summary JSON, report JSON, interrupted).
+/// A Python object whose `initialize()`, `before_epoch(epoch)`, `after_epoch(epoch)`, `before_step(epoch, step)`,
+/// `after_step(epoch, step)`, `finalize()` methods (any it has) are called at the hook points.
+struct PyPlugin {
+    object: Py<PyAny>,
+    name: String,
+}
+
+impl PyPlugin {
+    fn call(&self, method: &str, args: &[u64]) -> Result<(), String> {
+        Python::attach(|py| {
+            let object = self.object.bind(py);
+            if !object.hasattr(method).unwrap_or(false) {
+                return Ok(());
+            }
+            let args = pyo3::types::PyTuple::new(py, args).map_err(|e| e.to_string())?;
+            object.call_method1(method, args).map(drop).map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Plugin for PyPlugin {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    async fn initialize(&mut self, _plan: &plan::Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        self.call("initialize", &[])
+    }
+    async fn before_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        self.call("before_epoch", &[epoch])
+    }
+    async fn after_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        self.call("after_epoch", &[epoch])
+    }
+    async fn before_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        self.call("before_step", &[at.epoch, at.step])
+    }
+    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        self.call("after_step", &[at.epoch, at.step])
+    }
+    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        self.call("finalize", &[])
+    }
+}
+
+/// Runs the workload's training and evaluation, or its checkpoint-only workflow, with the plugins its config asks
+/// for and `plugins` (Python objects); returns (summary JSON, report JSON, interrupted).
 #[pyfunction]
-#[pyo3(signature = (config_json, source_name, overrides, config_yaml, rank = 0, world_size = 1, console = true, progress = false))]
+#[pyo3(signature = (config_json, source_name, overrides, config_yaml, rank = 0, world_size = 1, console = true, progress = false, plugins = Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 pub fn run_benchmark(
     py: Python<'_>,
@@ -44,6 +94,7 @@ pub fn run_benchmark(
     world_size: u64,
     console: bool,
     progress: bool,
+    plugins: Vec<Py<PyAny>>,
 ) -> PyResult<(String, String, bool)> {
     check_rank(rank, world_size)?;
     let config = parse_config(config_json)?;
@@ -51,8 +102,13 @@ pub fn run_benchmark(
     let cancel = Cancel::default();
     let options = RunOptions { progress, console, cancel: cancel.clone(), config_yaml, overrides };
     let comm = SingleProcess { rank, size: world_size };
+    let mut python: Vec<Box<dyn Plugin>> = Vec::new();
+    for object in plugins {
+        let name = object.bind(py).get_type().name().map_or_else(|_| "plugin".to_string(), |n| n.to_string());
+        python.push(Box::new(PyPlugin { object, name }));
+    }
     let (result, _) = runtime::run_cancellable(py, || cancel.cancel(), async move {
-        runner::run(&config, &plan, &options, &comm, &mut []).await
+        runner::run(&config, &plan, &options, &comm, python).await
     })?;
     let report = result.map_err(run_error)?;
     Ok((report.summary.to_string(), report.details.to_string(), report.interrupted))
@@ -133,4 +189,61 @@ impl Batches {
             bytes_read: batch.bytes_read,
         }))
     }
+}
+
+fn checkpoint_error(e: CheckpointError) -> PyErr {
+    match e {
+        CheckpointError::Storage(s) => storage_error(s),
+        other => crate::CheckpointError::new_err(other.to_string()),
+    }
+}
+
+fn checkpoint_store(
+    uri: &str,
+    options: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<core_storage::Store> {
+    let mut o = StorageOptions::new();
+    for (k, v) in options.unwrap_or_default() {
+        o.insert(k, v);
+    }
+    core_storage::open(uri, &o).map_err(storage_error)
+}
+
+/// The checkpoints under `uri` as JSON: [{name, complete, objects, stored_bytes}].
+#[pyfunction]
+#[pyo3(signature = (uri, options = None))]
+pub fn checkpoint_list(
+    py: Python<'_>,
+    uri: &str,
+    options: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<String> {
+    let store = checkpoint_store(uri, options)?;
+    let listed = runtime::run(py, async move { manifest::list(&store).await })?.map_err(checkpoint_error)?;
+    Ok(serde_json::to_string(&listed).expect("listings serialize"))
+}
+
+/// Reads checkpoint `name` under `uri` and verifies every file against its manifest; returns the bytes read.
+#[pyfunction]
+#[pyo3(signature = (uri, name, options = None))]
+pub fn checkpoint_verify(
+    py: Python<'_>,
+    uri: &str,
+    name: String,
+    options: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<u64> {
+    let store = checkpoint_store(uri, options)?;
+    runtime::run(py, async move { manifest::verify(&store, &name).await })?.map_err(checkpoint_error)
+}
+
+/// Deletes checkpoint `name` under `uri` (manifest first); returns the objects deleted.
+#[pyfunction]
+#[pyo3(signature = (uri, name, options = None))]
+pub fn checkpoint_delete(
+    py: Python<'_>,
+    uri: &str,
+    name: String,
+    options: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<u64> {
+    let store = checkpoint_store(uri, options)?;
+    runtime::run(py, async move { manifest::delete(&store, &name).await })?.map_err(checkpoint_error)
 }

@@ -16,6 +16,12 @@ pyo3::create_exception!(_core, DlDriverError, PyException, "Base class of every 
 pyo3::create_exception!(_core, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
 pyo3::create_exception!(_core, StorageError, DlDriverError, "A storage operation failed (the message names the URI).");
 pyo3::create_exception!(_core, FormatError, DlDriverError, "A dataset file could not be encoded or decoded.");
+pyo3::create_exception!(
+    _core,
+    CheckpointError,
+    DlDriverError,
+    "A checkpoint is incomplete, corrupt or cannot be written."
+);
 
 fn config_error(e: &CoreConfigError) -> PyErr {
     ConfigError::new_err(e.to_string())
@@ -168,6 +174,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("StorageError", py.get_type::<StorageError>())?;
     m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add("CheckpointError", py.get_type::<CheckpointError>())?;
+    m.add_function(wrap_pyfunction!(engine::checkpoint_list, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::checkpoint_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::checkpoint_delete, m)?)?;
     m.add_function(wrap_pyfunction!(generate, m)?)?;
     m.add_function(wrap_pyfunction!(engine::run_benchmark, m)?)?;
     m.add_class::<engine::Batches>()?;

@@ -124,6 +124,75 @@ pub fn rank_share(config: &Config, world_size: u64, rank: u64) -> Result<RankSha
     Ok(RankShare { model_bytes: fit(model, "model share")?, optimizer_bytes: fit(optimizer, "optimizer share")? })
 }
 
+/// One file of a rank's checkpoint shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardFile {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// The files rank `rank` writes into a checkpoint folder, with DLIO's (DeepSpeed-style) names (dlio.md §5):
+/// a simple model writes `model_states-{rank}.pt`; a transformer under ZeRO 1/2 writes model state from
+/// data-parallel rank 0 only, one `layer_{i}-model_{mp}_model_states.pt` per layer of its stage when pipelined, else
+/// `model_{mp}_model_states.pt`; under ZeRO 0/3 `zero_pp_rank_{dp}_mp_rank_{mp}_model_states.pt`; and every writing
+/// rank writes `zero_pp_rank_{dp}_mp_rank_{mp}_optim_states.pt`. The sizes add up to [`rank_share`].
+pub fn rank_files(config: &Config, world_size: u64, rank: u64) -> Result<Vec<ShardFile>, LayoutError> {
+    let share = rank_share(config, world_size, rank)?;
+    let layout = Layout::new(config, world_size)?;
+    let mp_size = layout.tensor * layout.pipeline;
+    let (mp, dp) = (rank % mp_size, rank / mp_size);
+    let mut files = Vec::new();
+    if share.model_bytes > 0 {
+        if !layout.transformer {
+            files.push(ShardFile { name: format!("model_states-{rank}.pt"), bytes: share.model_bytes });
+        } else if layout.zero_stage == 3 || layout.zero_stage == 0 {
+            files.push(ShardFile {
+                name: format!("zero_pp_rank_{dp}_mp_rank_{mp}_model_states.pt"),
+                bytes: share.model_bytes,
+            });
+        } else if layout.pipeline > 1 {
+            files.extend(layer_files(config, &layout, rank, mp)?);
+        } else {
+            files.push(ShardFile { name: format!("model_{mp}_model_states.pt"), bytes: share.model_bytes });
+        }
+    }
+    if share.optimizer_bytes > 0 {
+        files.push(ShardFile {
+            name: format!("zero_pp_rank_{dp}_mp_rank_{mp}_optim_states.pt"),
+            bytes: share.optimizer_bytes,
+        });
+    }
+    Ok(files)
+}
+
+/// Per-layer model files of a pipelined ZeRO 1/2 rank: each layer's tensor-parallel share, the embedding with the
+/// stage's first layer (stage 0), the final norm and lm_head with its last (last stage).
+fn layer_files(config: &Config, layout: &Layout, rank: u64, mp: u64) -> Result<Vec<ShardFile>, LayoutError> {
+    let stage = (rank / layout.tensor) % layout.pipeline;
+    let first: u128 = (0..stage).map(|s| layout.stage_layers(config, s)).sum();
+    let layers = layout.stage_layers(config, stage);
+    let shapes = Shapes::of(config);
+    let tp = u128::from(layout.tensor);
+    let dtype = u128::from(config.model.model_datatype.size());
+    let mut sizes: Vec<u128> = (0..layers).map(|_| shapes.layer_per_tensor_rank(tp) * dtype).collect();
+    if let (Some(head), true) = (sizes.first_mut(), stage == 0) {
+        *head += shapes.embedding / tp * dtype;
+    }
+    if let (Some(tail), true) = (sizes.last_mut(), stage == layout.pipeline - 1) {
+        *tail += (shapes.hidden + shapes.embedding / tp) * dtype;
+    }
+    sizes
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            Ok(ShardFile {
+                name: format!("layer_{}-model_{mp}_model_states.pt", first + i as u128),
+                bytes: fit(bytes, "layer size")?,
+            })
+        })
+        .collect()
+}
+
 /// Tensor, pipeline and data parallel degrees with DLIO's checks.
 struct Layout {
     tensor: u64,
@@ -281,6 +350,45 @@ mod tests {
 
     fn gib(bytes: u64) -> f64 {
         bytes as f64 / GIB
+    }
+
+    #[test]
+    fn rank_files_have_deepspeed_names_and_add_up_to_the_share() {
+        // 405b layout scaled down: TP 2, PP 4, ZeRO 1, on 16 processes (DP 2).
+        let cfg = llama(512, 10, 1024, 8, 2, 2, 4, 1);
+        let mut total = 0;
+        for rank in 0..16 {
+            let files = rank_files(&cfg, 16, rank).unwrap();
+            let share = rank_share(&cfg, 16, rank).unwrap();
+            assert_eq!(files.iter().map(|f| f.bytes).sum::<u64>(), share.total(), "rank {rank}");
+            total += share.total();
+            let (mp, dp) = (rank % 8, rank / 8);
+            assert_eq!(files.last().unwrap().name, format!("zero_pp_rank_{dp}_mp_rank_{mp}_optim_states.pt"));
+            if dp == 0 {
+                // Stage (rank / 2) % 4 holds layers 3,3,2,2: stage 0 -> layer_0..2, stage 3 -> layer_8..9.
+                let stage = (rank / 2) % 4;
+                let expected: Vec<String> = match stage {
+                    0 => (0..3).collect::<Vec<_>>(),
+                    1 => (3..6).collect(),
+                    2 => (6..8).collect(),
+                    _ => (8..10).collect(),
+                }
+                .into_iter()
+                .map(|i| format!("layer_{i}-model_{mp}_model_states.pt"))
+                .collect();
+                assert_eq!(files[..files.len() - 1].iter().map(|f| f.name.clone()).collect::<Vec<_>>(), expected);
+            } else {
+                assert_eq!(files.len(), 1, "ZeRO-1 writes model state from data-parallel rank 0 only");
+            }
+        }
+        assert_eq!(total, checkpoint_size(&cfg, 16).unwrap().total_bytes);
+        let zero3 = llama(512, 4, 1024, 8, 2, 1, 1, 3);
+        let names: Vec<String> = rank_files(&zero3, 2, 1).unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["zero_pp_rank_1_mp_rank_0_model_states.pt", "zero_pp_rank_1_mp_rank_0_optim_states.pt"]);
+        let mut simple = Config::default();
+        simple.model.model_size_bytes = 1000;
+        let names: Vec<String> = rank_files(&simple, 1, 0).unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["model_states-0.pt"]);
     }
 
     #[test]

@@ -116,10 +116,13 @@ pub fn resolve(source_name: &str, mut raw: Value, strict: bool) -> Result<(Confi
     if strict && !warnings.is_empty() {
         return Err(ConfigError::Strict { source_name: source_name.to_string(), warnings });
     }
-    let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::invalid(source_name, &path, friendly_serde_message(&e.into_inner().to_string()))
     })?;
+    if config.plugins.iter().any(|p| p == "checkpoint") {
+        config.workflow.checkpoint = true;
+    }
     validate::validate(source_name, &config)?;
     Ok((config, warnings))
 }

@@ -134,6 +134,8 @@ pub struct Config {
     pub profiling: Profiling,
     pub storage: Storage,
     pub metric: Metric,
+    /// dl-driver extension: plugins to enable by name (`checkpoint` is the same as `workflow.checkpoint: True`).
+    pub plugins: Vec<String>,
 }
 
 /// `model:` the emulated model (name, and the sizes checkpointing needs).

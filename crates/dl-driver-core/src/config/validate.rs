@@ -58,6 +58,15 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
         }
     };
 
+    for (i, name) in c.plugins.iter().enumerate() {
+        if !crate::plugins::BUILT_IN.contains(&name.as_str()) {
+            return err(
+                &format!("plugins[{i}]"),
+                format!("unknown plugin '{name}', expected one of: {}", crate::plugins::BUILT_IN.join(", ")),
+            );
+        }
+    }
+
     // DLIO's own errors. The loader checks matter only when data is read (checkpoint-only workloads read none).
     let reads_data = c.workflow.train || c.workflow.evaluation;
     match (c.framework, c.reader.data_loader) {

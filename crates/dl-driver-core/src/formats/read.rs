@@ -19,8 +19,8 @@ pub enum FileLayout {
     Whole,
     /// Sample i is the byte range `records[i]` (tfrecord records with their framing, indexed_binary slices).
     Records(Vec<Range<u64>>),
-    /// Sample i is row i of each dataset: `bases[d] + i * row .. + row` (hdf5 with contiguous datasets).
-    Rows { bases: Vec<u64>, row: u64 },
+    /// Sample i is row i of each dataset: `bases[d] + i * row .. + row` (hdf5 with contiguous datasets of `rows`).
+    Rows { bases: Vec<u64>, row: u64, rows: u64 },
     /// Nothing to read (the synthetic format).
     Nothing,
 }
@@ -34,7 +34,14 @@ impl FileLayout {
             Self::Records(r) => {
                 Some(vec![r.get(usize::try_from(index).map_err(|_| missing())?).ok_or_else(missing)?.clone()])
             }
-            Self::Rows { bases, row } => Some(bases.iter().map(|b| b + index * row..b + (index + 1) * row).collect()),
+            Self::Rows { rows, .. } if index >= *rows => {
+                return Err(invalid(format!(
+                    "{key}: has {rows} samples, sample {index} was asked for (check dataset.num_samples_per_file)"
+                )))
+            }
+            Self::Rows { bases, row, .. } => {
+                Some(bases.iter().map(|b| b + index * row..b + (index + 1) * row).collect())
+            }
             Self::Nothing => Some(Vec::new()),
         })
     }
@@ -69,7 +76,7 @@ pub fn frame_tfrecords(file: &[u8], key: &str) -> io::Result<Vec<Range<u64>>> {
             file.get(at..at + 12).ok_or_else(|| invalid(format!("{key}: truncated record header at byte {at}")))?;
         let len = usize::try_from(u64::from_le_bytes(header[..8].try_into().expect("8 bytes")))
             .map_err(|_| invalid(format!("{key}: record length too large at byte {at}")))?;
-        let end = at.checked_add(16 + len).filter(|e| *e <= file.len());
+        let end = len.checked_add(16).and_then(|n| at.checked_add(n)).filter(|e| *e <= file.len());
         let end = end.ok_or_else(|| invalid(format!("{key}: record at byte {at} runs past the end of the file")))?;
         records.push(at as u64..end as u64);
         at = end;
@@ -148,7 +155,8 @@ fn npy_header(bytes: &[u8], key: &str) -> io::Result<(u64, Vec<u64>, usize)> {
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
     let field = |name: &str| {
         let at = header.find(&format!("'{name}':")).ok_or_else(|| bad(&format!("no '{name}' in the header")))?;
-        Ok::<&str, io::Error>(header[at + name.len() + 3..].trim_start())
+        let rest = header.get(at + name.len() + 3..).ok_or_else(|| bad(&format!("no value for '{name}'")))?;
+        Ok::<&str, io::Error>(rest.trim_start())
     };
     let descr = field("descr")?;
     let size: u64 = descr
@@ -173,7 +181,10 @@ fn npy_header(bytes: &[u8], key: &str) -> io::Result<(u64, Vec<u64>, usize)> {
 /// Bytes of the array in an .npy file, after checking the file holds all of it.
 pub fn npy_array_bytes(bytes: &[u8], key: &str) -> io::Result<u64> {
     let (size, dims, data) = npy_header(bytes, key)?;
-    let expected = dims.iter().product::<u64>() * size;
+    let expected = dims
+        .iter()
+        .try_fold(size, |a, d| a.checked_mul(*d))
+        .ok_or_else(|| invalid(format!("{key}: the shape overflows")))?;
     if ((bytes.len() - data) as u64) < expected {
         return Err(invalid(format!(
             "{key}: the array of shape {dims:?} needs {expected} bytes, the file holds {}",
@@ -276,7 +287,10 @@ fn inflated_npy_bytes(data: &[u8], size: u64, key: &str) -> io::Result<u64> {
         return Err(invalid(format!("{key}: inflated to {} bytes, the zip says {size}", inflater.total_out())));
     }
     let (item, dims, data_at) = npy_header(&head, key)?;
-    let expected = dims.iter().product::<u64>() * item;
+    let expected = dims
+        .iter()
+        .try_fold(item, |a, d| a.checked_mul(*d))
+        .ok_or_else(|| invalid(format!("{key}: the shape overflows")))?;
     if size - data_at as u64 != expected {
         return Err(invalid(format!("{key}: the array of shape {dims:?} needs {expected} bytes")));
     }
@@ -324,7 +338,7 @@ pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
             }
             at += width;
             let name = std::str::from_utf8(m.get(at..at + len)?).ok()?.to_string();
-            let link_type = if flags & 0x08 != 0 { m[2] } else { 0 };
+            let link_type = if flags & 0x08 != 0 { *m.get(2)? } else { 0 };
             (link_type == 0).then(|| Some((name, le64(m.get(at + len..at + len + 8)?, 0))))?
         })
         .filter(|(name, _)| name.starts_with("records_"))
@@ -332,6 +346,7 @@ pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
     datasets.sort_by_key(|(name, _)| name.trim_start_matches("records_").parse::<u64>().unwrap_or(u64::MAX));
     let mut bases = Vec::new();
     let mut row = None;
+    let mut rows = None;
     for (_, address) in datasets {
         let mut dims = None;
         let (mut element, mut base) = (None, None);
@@ -349,14 +364,18 @@ pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
             }
         }
         let (dims, element, base) = (dims?, element?, base?);
-        let this_row = dims.get(1..)?.iter().product::<u64>() * element;
+        let this_row = dims.get(1..)?.iter().try_fold(element, |a, d| a.checked_mul(*d))?;
+        if rows.is_some_and(|r| r != dims[0]) {
+            return None;
+        }
+        rows = Some(dims[0]);
         if row.is_some_and(|r| r != this_row) {
             return None;
         }
         row = Some(this_row);
         bases.push(base);
     }
-    Some(FileLayout::Rows { bases, row: row? })
+    Some(FileLayout::Rows { bases, row: row?, rows: rows? })
 }
 
 /// The messages of a version 2 object header at `at` (no continuation blocks: ours have none).
@@ -365,7 +384,7 @@ fn messages(bytes: &[u8], at: usize) -> Option<Vec<(u8, &[u8])>> {
     if !h.starts_with(b"OHDR") || h.get(4) != Some(&2) {
         return None;
     }
-    let flags = h[5];
+    let flags = *h.get(5)?;
     let mut p = 6 + if flags & 0x20 != 0 { 16 } else { 0 } + if flags & 0x10 != 0 { 4 } else { 0 };
     let width = 1usize << (flags & 3);
     let mut size = 0usize;
@@ -373,10 +392,10 @@ fn messages(bytes: &[u8], at: usize) -> Option<Vec<(u8, &[u8])>> {
         size |= usize::from(*h.get(p + i)?) << (8 * i);
     }
     p += width;
-    let end = p.checked_add(size)?;
+    let end = p.checked_add(size)?.min(h.len());
     let mut out = Vec::new();
     while p + 4 <= end {
-        let kind = h[p];
+        let kind = *h.get(p)?;
         let len = le16(h, p + 1) as usize;
         p += 4 + if flags & 0x04 != 0 { 2 } else { 0 };
         out.push((kind, h.get(p..p + len)?));
@@ -388,6 +407,32 @@ fn messages(bytes: &[u8], at: usize) -> Option<Vec<(u8, &[u8])>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_input_is_an_error_never_a_panic() {
+        let mut rng = crate::sampler::Rng::new(9);
+        let mut npy = crate::formats::npy::header("<f4", &[4, 4]);
+        npy.extend_from_slice(&[0u8; 64]);
+        let mut tf = Vec::new();
+        tf.extend_from_slice(&u64::MAX.to_le_bytes());
+        tf.extend_from_slice(&[0u8; 20]);
+        assert!(frame_tfrecords(&tf, "t").is_err(), "a huge length is an error, not a wrap-around");
+        for _ in 0..2000 {
+            let mut bytes = npy.clone();
+            let cut = rng.below(bytes.len() as u64) as usize;
+            bytes.truncate(cut.max(1));
+            let i = rng.below(bytes.len() as u64) as usize;
+            bytes[i] = rng.next_u64() as u8;
+            let _ = npy_array_bytes(&bytes, "x");
+            let _ = npz_array_bytes(&bytes, "x.npy", "x");
+            let _ = frame_tfrecords(&bytes, "x");
+            let _ = hdf5_rows(&bytes);
+            let _ = parse_tfrecord_index(&bytes, "x");
+            let mut hdf = b"\x89HDF\r\n\x1a\n\x02\x08\x08\x00".to_vec();
+            hdf.extend_from_slice(&bytes);
+            let _ = hdf5_rows(&hdf);
+        }
+    }
 
     #[test]
     fn npy_headers_are_checked() {

@@ -16,7 +16,7 @@ use futures::StreamExt;
 
 use crate::config::Config;
 use crate::formats::{self, Sink};
-use crate::storage::{self, AlignedBuf, StorageError, StorageOptions, Store};
+use crate::storage::{self, AlignedBuf, BufferPool, StorageError, StorageOptions, Store};
 use layout::FileSpec;
 
 /// Bytes handed from a producing thread to the uploader at a time.
@@ -77,7 +77,7 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let (todo, skipped): (Vec<FileSpec>, Vec<FileSpec>) = files.into_iter().partition(|f| !existing.contains(&f.key));
     let total_files = todo.len() as u64;
     let progress = Arc::new(Progress::default());
-    let pool = Arc::new(BufferPool::default());
+    let pool = BufferPool::new(HANDOFF);
     let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), total_files)));
     let config = Arc::new(config.clone());
     // After a failure no new file starts, but the files in progress run to their end (complete, or aborted with
@@ -161,47 +161,6 @@ async fn write_one(
     Ok(())
 }
 
-/// Hand-off buffers, reused once the storage layer has written them: fresh memory would cost page faults on every
-/// chunk, and the allocator's churn of 8 MiB blocks grows the process well past what is in use.
-/// They are page-aligned: the kernel copies from page-aligned memory into the page cache markedly faster.
-#[derive(Default)]
-struct BufferPool {
-    free: std::sync::Mutex<Vec<AlignedBuf>>,
-}
-
-impl BufferPool {
-    fn take(&self) -> AlignedBuf {
-        self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| AlignedBuf::with_capacity(HANDOFF))
-    }
-
-    fn give(&self, mut buffer: AlignedBuf) {
-        buffer.set_len(0);
-        if let Ok(mut free) = self.free.lock() {
-            free.push(buffer);
-        }
-    }
-}
-
-/// A pooled buffer lent to the storage layer as `Bytes`; it goes back to the pool when dropped.
-struct Pooled {
-    data: Option<AlignedBuf>,
-    pool: Arc<BufferPool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        self.data.as_ref().map_or(&[], AlignedBuf::as_slice)
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(data) = self.data.take() {
-            self.pool.give(data);
-        }
-    }
-}
-
 /// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind.
 struct ChannelSink {
     tx: tokio::sync::mpsc::Sender<Bytes>,
@@ -215,7 +174,7 @@ impl ChannelSink {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.pending, self.pool.take());
-        let chunk = Bytes::from_owner(Pooled { data: Some(data), pool: Arc::clone(&self.pool) });
+        let chunk = BufferPool::lend(&self.pool, data);
         self.tx.blocking_send(chunk).map_err(|_| io::Error::other("the upload stopped"))
     }
 }

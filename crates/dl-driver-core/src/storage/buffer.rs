@@ -94,6 +94,60 @@ impl AlignedBuf {
     }
 }
 
+/// Buffers of one size, reused once the storage layer has written them: fresh memory would cost page faults on every
+/// chunk, and the allocator's churn of large blocks grows the process well past what is in use.
+#[derive(Debug)]
+pub struct BufferPool {
+    size: usize,
+    free: std::sync::Mutex<Vec<AlignedBuf>>,
+}
+
+impl BufferPool {
+    /// A pool of `size`-byte buffers.
+    pub fn new(size: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { size, free: std::sync::Mutex::default() })
+    }
+
+    /// An empty buffer with room for the pool's size.
+    pub fn take(&self) -> AlignedBuf {
+        let mut b =
+            self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| AlignedBuf::with_capacity(self.size));
+        b.set_len(0);
+        b
+    }
+
+    pub fn give(&self, buffer: AlignedBuf) {
+        if let Ok(mut free) = self.free.lock() {
+            free.push(buffer);
+        }
+    }
+
+    /// Lends `data` to the storage layer as `Bytes`; the buffer returns to the pool when the bytes are dropped.
+    pub fn lend(pool: &std::sync::Arc<Self>, data: AlignedBuf) -> bytes::Bytes {
+        bytes::Bytes::from_owner(Pooled { data: Some(data), pool: std::sync::Arc::clone(pool) })
+    }
+}
+
+/// A pooled buffer lent out as `Bytes`.
+struct Pooled {
+    data: Option<AlignedBuf>,
+    pool: std::sync::Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        self.data.as_ref().map_or(&[], AlignedBuf::as_slice)
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(data) = self.data.take() {
+            self.pool.give(data);
+        }
+    }
+}
+
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()

@@ -131,6 +131,16 @@ impl LocalStore {
         Ok((size, skip, first_byte.unwrap_or_else(Instant::now)))
     }
 
+    /// Flushes the file at `location` and its directory entry to the device.
+    pub fn fsync(&self, location: &Path) -> io::Result<()> {
+        let path = self.path_of(location);
+        File::open(&path)?.sync_all()?;
+        match path.parent() {
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
+    }
+
     /// Writes `chunks` to `location` through a temporary file renamed into place.
     fn write_object(&self, location: &Path, chunks: &[Bytes], mode: &PutMode) -> io::Result<u64> {
         let target = self.path_of(location);

@@ -21,7 +21,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
-pub use buffer::{AlignedBuf, ALIGN};
+pub use buffer::{AlignedBuf, BufferPool, ALIGN};
 pub use error::StorageError;
 pub use local::LocalStore;
 pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
@@ -274,34 +274,50 @@ impl Store {
                 message: e.to_string(),
             })?;
         }
-        let (range, mut first_byte) = match (range, transfer) {
-            (range, None) => (range, None),
-            (Some(r), Some(_)) => (Some(r), None),
-            (None, Some(_)) => (Some(0..self.head(key).await?.size), Some(started.elapsed())),
-        };
-        let requests: Vec<Option<Range<u64>>> = match (range, transfer) {
-            (Some(r), Some(t)) => {
-                let t = t.max(1) as u64;
-                (r.start..r.end)
-                    .step_by(usize::try_from(t).unwrap_or(usize::MAX))
-                    .map(|s| Some(s..r.end.min(s + t)))
-                    .collect()
-            }
-            (range, _) => vec![range],
-        };
+        // Requests of at most `transfer` bytes, one after another; without a range, the first request's response
+        // tells the object's size (no extra HEAD).
+        let step = transfer.map_or(u64::MAX, |t| t.max(1) as u64);
+        let mut next = range.as_ref().map_or(0, |r| r.start);
+        let mut end = range.as_ref().map(|r| r.end);
+        let mut first_byte = None;
         buf.reserve_exact_discarding(0);
-        for range in requests {
-            let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+        loop {
+            let wanted = match (end, transfer) {
+                (None, None) => None,
+                (end, _) => Some(next..end.unwrap_or(u64::MAX).min(next.saturating_add(step))),
+            };
+            let options = GetOptions { range: wanted.map(GetRange::Bounded), ..GetOptions::default() };
             let result = self.inner.get_opts(&location, options).await.map_err(|e| self.fail(key, "get", &e))?;
             first_byte.get_or_insert_with(|| started.elapsed());
-            let expected = (result.range.end - result.range.start) as usize;
-            buf.reserve_more(expected);
+            let total = end.unwrap_or(u64::MAX).min(result.meta.size);
+            end = Some(total);
+            next = result.range.end;
+            buf.reserve_more((result.range.end - result.range.start) as usize);
             let mut stream = result.into_stream();
             while let Some(chunk) = stream.try_next().await.map_err(|e| self.fail(key, "get", &e))? {
                 buf.extend_from_slice(&chunk);
             }
+            if next >= total {
+                break;
+            }
         }
         Ok(Fetched { buf, skip: 0, first_byte: first_byte.unwrap_or_default() })
+    }
+
+    /// Makes a written object durable: fsync of the file and its directory on local stores; object stores are
+    /// durable once a write completes.
+    pub async fn fsync(&self, key: &str) -> Result<(), StorageError> {
+        let Some(local) = &self.local else { return Ok(()) };
+        let (local, location, shown) = (Arc::clone(local), self.location(key)?, self.shown(key));
+        tokio::task::spawn_blocking(move || {
+            local.fsync(&location).map_err(|e| StorageError::from_io(&shown, "fsync", &e))
+        })
+        .await
+        .map_err(|e| StorageError::Backend {
+            uri: self.shown(key),
+            operation: "fsync",
+            message: e.to_string(),
+        })?
     }
 
     /// Size and modification time of the object.

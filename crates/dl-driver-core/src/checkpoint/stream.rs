@@ -1,0 +1,256 @@
+//! Checkpoint files streamed to and from storage. Writing: tensor bytes are produced on a blocking thread straight
+//! into pooled page-aligned chunks (random, or zeros with `randomize_tensor: False`), optionally zstd-compressed as a
+//! stream, checksummed (CRC-32C of the stored bytes) and handed to the storage writer — multipart with bounded
+//! in-flight parts on object stores, large sequential writes (O_DIRECT on `direct://`) on files — so a shard is never
+//! held whole in memory. Reading streams the object back, checks the checksum and, when compressed, decompresses it
+//! and checks the original size (zstd's own content checksum is checked too).
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::generate::data::SampleBytes;
+use crate::metrics::Latency;
+use crate::storage::{AlignedBuf, BufferPool, StorageError, Store};
+
+/// Bytes handed from the producing thread to the uploader at a time.
+pub const CHUNK: usize = 8 * 1024 * 1024;
+
+/// Why a checkpoint operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How to write a checkpoint's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// zstd level, or `None` for no compression.
+    pub zstd_level: Option<i32>,
+    pub randomize: bool,
+    pub fsync: bool,
+    /// Seeds the tensor bytes.
+    pub seed: u64,
+}
+
+/// One written file, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub rank: u64,
+    pub name: String,
+    /// Tensor bytes before compression.
+    pub bytes: u64,
+    /// Bytes on storage.
+    pub stored_bytes: u64,
+    /// CRC-32C of the stored bytes, hex.
+    pub crc32c: String,
+}
+
+/// Pushes produced bytes into pooled chunks, checksums them, and sends full chunks to the uploader.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    pending: AlignedBuf,
+    pool: Arc<BufferPool>,
+    crc: u32,
+    stored: u64,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, self.pending.as_slice());
+        self.stored += self.pending.len() as u64;
+        let full = std::mem::replace(&mut self.pending, self.pool.take());
+        self.tx.blocking_send(BufferPool::lend(&self.pool, full)).map_err(|_| io::Error::other("the upload stopped"))
+    }
+
+    /// Appends `len` bytes produced in place.
+    fn fill(&mut self, mut len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
+        while len > 0 {
+            let start = self.pending.len();
+            let n = (CHUNK - start).min(usize::try_from(len).unwrap_or(usize::MAX));
+            produce(&mut self.pending.spare_mut()[start..start + n]);
+            self.pending.set_len(start + n);
+            len -= n as u64;
+            if self.pending.len() == CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.pending.len());
+        self.pending.extend_from_slice(&data[..n]);
+        if self.pending.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ChunkSender {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::replace(&mut self.pending, AlignedBuf::with_capacity(0)));
+    }
+}
+
+/// Produces `bytes` tensor bytes (compressed when asked) into `sender`.
+fn produce(bytes: u64, options: WriteOptions, sender: &mut ChunkSender) -> io::Result<()> {
+    let mut data = SampleBytes::new(options.seed, 1.0, 1.0);
+    let mut fill = |buf: &mut [u8]| {
+        if options.randomize {
+            data.fill(buf);
+        } else {
+            buf.fill(0);
+        }
+    };
+    let Some(level) = options.zstd_level else {
+        sender.fill(bytes, &mut fill)?;
+        return sender.send();
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(&mut *sender, level)?;
+    encoder.include_checksum(true)?;
+    encoder.set_pledged_src_size(Some(bytes))?;
+    let mut scratch = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = scratch.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        fill(&mut scratch[..n]);
+        encoder.write_all(&scratch[..n])?;
+        left -= n as u64;
+    }
+    encoder.finish()?;
+    sender.send()
+}
+
+/// Writes one checkpoint file of `bytes` tensor bytes at `key`; records each part hand-off's latency.
+pub async fn write_file(
+    store: &Store,
+    key: &str,
+    rank: u64,
+    bytes: u64,
+    options: WriteOptions,
+    pool: &Arc<BufferPool>,
+    part_latency: &mut Latency,
+) -> Result<FileEntry, CheckpointError> {
+    let mut writer = store.writer(key).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let mut sender = ChunkSender { tx, pending: pool.take(), pool: Arc::clone(pool), crc: 0, stored: 0 };
+    let production =
+        tokio::task::spawn_blocking(move || produce(bytes, options, &mut sender).map(|()| (sender.crc, sender.stored)));
+    let mut upload = Ok(());
+    while let Some(chunk) = rx.recv().await {
+        let started = Instant::now();
+        if let Err(e) = writer.write(chunk).await {
+            upload = Err(e);
+            break;
+        }
+        part_latency.record(started.elapsed());
+    }
+    drop(rx);
+    let outcome =
+        production.await.map_err(|e| CheckpointError::Invalid(format!("{key}: the tensor producer failed: {e}")));
+    if let Err(e) = upload {
+        let _ = writer.abort().await;
+        return Err(e.into());
+    }
+    let (crc, stored) = match outcome {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            let _ = writer.abort().await;
+            return Err(CheckpointError::Invalid(format!(
+                "{}: producing the tensor bytes failed: {e}",
+                store.uri().join(key)
+            )));
+        }
+        Err(e) => {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+    };
+    writer.finish().await?;
+    if options.fsync {
+        store.fsync(key).await?;
+    }
+    Ok(FileEntry {
+        rank,
+        name: key.rsplit('/').next().unwrap_or(key).to_string(),
+        bytes,
+        stored_bytes: stored,
+        crc32c: format!("{crc:08x}"),
+    })
+}
+
+/// Reads a checkpoint file back and verifies it against its manifest entry; returns the stored bytes read.
+pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: bool) -> Result<u64, CheckpointError> {
+    let shown = store.uri().join(key).to_string();
+    let mut stream = store.get_stream(key).await?;
+    let mut crc = 0u32;
+    let mut stored = 0u64;
+    let mut decoder = if compressed {
+        Some(zstd::stream::raw::Decoder::new().map_err(|e| CheckpointError::Invalid(e.to_string()))?)
+    } else {
+        None
+    };
+    let mut out = vec![0u8; if compressed { 1 << 20 } else { 0 }];
+    let mut original = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        crc = crc32c::crc32c_append(crc, &chunk);
+        stored += chunk.len() as u64;
+        if let Some(d) = &mut decoder {
+            original +=
+                decompress(d, &chunk, &mut out).map_err(|e| CheckpointError::Corrupt(format!("{shown}: zstd: {e}")))?;
+        }
+    }
+    if !compressed {
+        original = stored;
+    }
+    let crc = format!("{crc:08x}");
+    if stored != entry.stored_bytes || crc != entry.crc32c {
+        return Err(CheckpointError::Corrupt(format!(
+            "{shown}: checksum mismatch: read {stored} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
+            entry.stored_bytes, entry.crc32c
+        )));
+    }
+    if original != entry.bytes {
+        return Err(CheckpointError::Corrupt(format!(
+            "{shown}: decompressed to {original} bytes, the manifest says {}",
+            entry.bytes
+        )));
+    }
+    Ok(stored)
+}
+
+fn decompress(decoder: &mut zstd::stream::raw::Decoder<'_>, input: &[u8], out: &mut [u8]) -> io::Result<u64> {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+    let mut input = InBuffer::around(input);
+    let mut produced = 0u64;
+    loop {
+        let mut output = OutBuffer::around(&mut *out);
+        decoder.run(&mut input, &mut output)?;
+        let n = output.pos();
+        produced += n as u64;
+        if input.pos() == input.src.len() && n < out.len() {
+            return Ok(produced);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Plugins: code the runner calls at its hook points (initialize, before/after each epoch and step, checkpoint-only
+//! mode, finalize), built from YAML by [`from_config`] — `workflow.checkpoint: True` (or `plugins: [checkpoint]`)
+//! enables the checkpoint plugin, as in DLIO — or handed in by the caller (Python objects, through the binding).
+//! An error stops the run with a message naming the plugin and the hook.
+
+pub mod checkpoint;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Local};
+use serde::Serialize;
+
+use crate::comm::Communicator;
+use crate::config::Config;
+use crate::metrics::Latency;
+use crate::plan::Plan;
+
+/// Where the loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPoint {
+    pub epoch: u64,
+    /// Step within the epoch, from 1.
+    pub step: u64,
+    /// Steps since the run started, from 1.
+    pub global_step: u64,
+}
+
+/// A checkpoint saved or loaded by this rank, reported to the runner for the metrics and run files.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointRecord {
+    /// `save` or `load`.
+    pub kind: &'static str,
+    pub name: String,
+    pub epoch: u64,
+    pub step: u64,
+    pub start: DateTime<Local>,
+    #[serde(skip)]
+    pub started: Instant,
+    pub end: DateTime<Local>,
+    pub duration: f64,
+    /// This rank's tensor bytes, and bytes on storage.
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub files: u64,
+    #[serde(skip)]
+    pub part_latency: Latency,
+}
+
+/// What a hook may use and report.
+pub struct HookContext<'a> {
+    pub comm: &'a dyn Communicator,
+    /// Checkpoints the hook saved or loaded, in order.
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+/// Code called at the loop's hook points.
+#[async_trait]
+pub trait Plugin: Send {
+    fn name(&self) -> String;
+    async fn initialize(&mut self, _plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    async fn before_epoch(&mut self, _epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    /// After an epoch's training steps (before its evaluation), where epoch checkpoints happen.
+    async fn after_epoch(&mut self, _epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    async fn before_step(&mut self, _at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    async fn after_step(&mut self, _at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    /// Checkpoint-only workloads (`workflow.train: False`): the whole run.
+    async fn checkpoint_only(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A hook point.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook<'p> {
+    Initialize(&'p Plan),
+    BeforeEpoch(u64),
+    AfterEpoch(u64),
+    BeforeStep(StepPoint),
+    AfterStep(StepPoint),
+    CheckpointOnly,
+    Finalize,
+}
+
+impl Hook<'_> {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Initialize(_) => "initialize",
+            Self::BeforeEpoch(_) => "before_epoch",
+            Self::AfterEpoch(_) => "after_epoch",
+            Self::BeforeStep(_) => "before_step",
+            Self::AfterStep(_) => "after_step",
+            Self::CheckpointOnly => "checkpoint_only",
+            Self::Finalize => "finalize",
+        }
+    }
+}
+
+/// A plugin's failure: (plugin, hook, message).
+pub type HookError = (String, &'static str, String);
+
+/// Calls `hook` on every plugin in order; returns what they checkpointed.
+pub async fn call(
+    plugins: &mut [Box<dyn Plugin>],
+    hook: Hook<'_>,
+    comm: &dyn Communicator,
+) -> Result<Vec<CheckpointRecord>, HookError> {
+    let mut ctx = HookContext { comm, checkpoints: Vec::new() };
+    for p in plugins.iter_mut() {
+        let result = match hook {
+            Hook::Initialize(plan) => p.initialize(plan, &mut ctx).await,
+            Hook::BeforeEpoch(e) => p.before_epoch(e, &mut ctx).await,
+            Hook::AfterEpoch(e) => p.after_epoch(e, &mut ctx).await,
+            Hook::BeforeStep(at) => p.before_step(at, &mut ctx).await,
+            Hook::AfterStep(at) => p.after_step(at, &mut ctx).await,
+            Hook::CheckpointOnly => p.checkpoint_only(&mut ctx).await,
+            Hook::Finalize => p.finalize(&mut ctx).await,
+        };
+        result.map_err(|message| (p.name(), hook.name(), message))?;
+    }
+    Ok(ctx.checkpoints)
+}
+
+/// Names `plugins:` may list.
+pub const BUILT_IN: [&str; 1] = ["checkpoint"];
+
+/// The plugins a config asks for: the checkpoint plugin when `workflow.checkpoint` (which `plugins: [checkpoint]`
+/// also sets; validation rejects unknown names).
+pub fn from_config(config: &Config) -> Vec<Box<dyn Plugin>> {
+    let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
+    if config.workflow.checkpoint {
+        plugins.push(Box::new(checkpoint::CheckpointPlugin::new(config)));
+    }
+    plugins
+}
