@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg.output.folder = args.output
     if cfg.workflow.generate_data:
         _generate_config(cfg, args)
-    if not cfg.workflow.train:
+    if not (cfg.workflow.train or cfg.workflow.checkpoint):
         return 0
     runner = DlioRunner(
         cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty()

@@ -182,14 +182,19 @@ fn open_store(config: &Config) -> Result<Store, RunError> {
     }
     let options = StorageOptions::from_yaml(&config.storage.storage_options)
         .map_err(|e| RunError::Dataset(format!("storage.storage_options: {e}")))?;
-    Ok(storage::open(&location.to_string(), &options)?)
+    Ok(storage::open_shared(&location.to_string(), &options)?)
 }
 
 /// Opens the dataset, lists a split's files (sorted by name, cut to the configured count: DLIO's rule) and builds
 /// its readers; `with_data` hands the samples' bytes to the consumer.
 pub async fn readers(config: &Config, plan: &Plan, split: Split, with_data: bool) -> Result<Arc<Readers>, RunError> {
-    let store = &open_store(config)?;
     let d = &config.dataset;
+    // DLIO's synthetic reader opens nothing: its phase never touches a store.
+    let store = &if d.format == Format::Synthetic {
+        storage::open("memory://", &StorageOptions::new())?
+    } else {
+        open_store(config)?
+    };
     let (wanted, subfolders) = match split {
         Split::Train => (d.num_files_train, d.num_subfolders_train),
         Split::Valid => (d.num_files_eval, d.num_subfolders_eval),

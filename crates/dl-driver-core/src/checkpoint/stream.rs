@@ -212,13 +212,20 @@ pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: 
     };
     let mut out = vec![0u8; if compressed { 1 << 20 } else { 0 }];
     let mut original = 0u64;
+    let mut broken = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         crc = crc32c::crc32c_append(crc, &chunk);
         stored += chunk.len() as u64;
         if let Some(d) = &mut decoder {
-            original +=
-                decompress(d, &chunk, &mut out).map_err(|e| CheckpointError::Corrupt(format!("{shown}: zstd: {e}")))?;
+            match decompress(d, &chunk, &mut out) {
+                Ok(n) => original += n,
+                // Keep reading: a checksum mismatch, if there is one, says more than the decoder's complaint.
+                Err(e) => {
+                    decoder = None;
+                    broken = Some(format!("{shown}: zstd: {e}"));
+                }
+            }
         }
     }
     if !compressed {
@@ -230,6 +237,9 @@ pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: 
             "{shown}: checksum mismatch: read {stored} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
             entry.stored_bytes, entry.crc32c
         )));
+    }
+    if let Some(message) = broken {
+        return Err(CheckpointError::Corrupt(message));
     }
     if original != entry.bytes {
         return Err(CheckpointError::Corrupt(format!(

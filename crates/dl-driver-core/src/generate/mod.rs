@@ -70,7 +70,7 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let location = config.data_location().map_err(|e| GenerateError::Config(format!("dataset.data_folder: {e}")))?;
     let storage_options = StorageOptions::from_yaml(&config.storage.storage_options)
         .map_err(|e| GenerateError::Config(format!("storage.storage_options: {e}")))?;
-    let store = storage::open(&location.to_string(), &storage_options)?;
+    let store = storage::open_shared(&location.to_string(), &storage_options)?;
     let files = layout::dataset_files(config, options.rank, options.world_size);
     let existing: HashSet<String> =
         if options.skip_existing { store.list("").await?.into_iter().map(|o| o.key).collect() } else { HashSet::new() };

@@ -172,7 +172,7 @@ impl Plugin for CheckpointPlugin {
     async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
         let options = StorageOptions::from_yaml(&self.config.storage.storage_options)
             .map_err(|e| format!("storage.storage_options: {e}"))?;
-        self.store = Some(storage::open(&plan.checkpoint_location, &options).map_err(|e| e.to_string())?);
+        self.store = Some(storage::open_shared(&plan.checkpoint_location, &options).map_err(|e| e.to_string())?);
         self.schedule.clone_from(&plan.checkpoint);
         if self.schedule.is_none() {
             return Err("workflow.checkpoint is off: nothing to checkpoint".into());

@@ -27,6 +27,9 @@ use object_store::{
 
 use super::buffer::{round_up, AlignedBuf, ALIGN};
 
+/// Bytes per chunk of a streamed local read.
+const STREAM_CHUNK: u64 = 8 * 1024 * 1024;
+
 /// Chunk in which payloads are staged into aligned memory for writing.
 const WRITE_CHUNK: usize = 8 * 1024 * 1024;
 
@@ -436,15 +439,25 @@ impl ObjectStore for LocalStore {
                 extensions: Extensions::default(),
             });
         }
-        let wanted = range.clone();
-        let bytes = blocking(location, move || {
-            let mut buf = AlignedBuf::with_capacity(0);
-            let (_, skip) = this.read_into(&loc, Some(wanted.clone()), &mut buf)?;
-            Ok(Bytes::from_owner(buf).slice(skip..))
-        })
-        .await?;
+        // Streamed in chunks, so a large object never sits whole in memory.
+        let chunks = stream::unfold(range.start, move |at| {
+            let (this, loc) = (this.clone_handle(), loc.clone());
+            let end = range.end.min(at + STREAM_CHUNK);
+            async move {
+                if at >= end {
+                    return None;
+                }
+                let read = blocking(&loc.clone(), move || {
+                    let mut buf = AlignedBuf::with_capacity(0);
+                    let (_, skip) = this.read_into(&loc, Some(at..end), &mut buf)?;
+                    Ok(Bytes::from_owner(buf).slice(skip..))
+                })
+                .await;
+                Some((read, end))
+            }
+        });
         Ok(GetResult {
-            payload: GetResultPayload::Stream(stream::once(async move { Ok(bytes) }).boxed()),
+            payload: GetResultPayload::Stream(chunks.fuse().boxed()),
             meta,
             range,
             attributes: Attributes::default(),
@@ -464,7 +477,19 @@ impl ObjectStore for LocalStore {
                     let location = location?;
                     let path = root.join(location.as_ref());
                     let loc = location.clone();
-                    blocking(&loc, move || fs::remove_file(&path)).await?;
+                    blocking(&loc, move || {
+                        fs::remove_file(&path)?;
+                        // Like an object store, leave no empty folders behind (up to the store's root).
+                        let mut dir = path.parent();
+                        while let Some(d) = dir.filter(|d| d.starts_with(&root) && *d != root.as_path()) {
+                            if fs::remove_dir(d).is_err() {
+                                break;
+                            }
+                            dir = d.parent();
+                        }
+                        Ok(())
+                    })
+                    .await?;
                     Ok(location)
                 }
             })

@@ -120,6 +120,22 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
     Ok(Store { uri, inner, local, prefix, settings, secrets })
 }
 
+/// Opens one of a workload's locations with its `storage.storage_options`, which DLIO shares between the data and
+/// the checkpoint folder: a local or memory location ignores the backend options meant for the other (an object
+/// store) instead of rejecting them.
+pub fn open_shared(location: &str, options: &StorageOptions) -> Result<Store, StorageError> {
+    let uri = StorageUri::parse(location).map_err(|problem| StorageError::Location { problem })?;
+    if matches!(uri.scheme, Scheme::File | Scheme::Direct | Scheme::Memory) {
+        let backend: Vec<&str> = backend_options(options).map(|(k, _)| k).collect();
+        let mut generic = StorageOptions::new();
+        for (k, v) in options.iter().filter(|(k, _)| !backend.contains(k)) {
+            generic.insert(k, v);
+        }
+        return open(location, &generic);
+    }
+    open(location, options)
+}
+
 /// The process's one in-memory store: every `memory://` location opened in a process sees the same objects (so a
 /// run can generate into memory and then train from it), until the process exits.
 fn memory() -> Arc<InMemory> {
