@@ -205,34 +205,124 @@ impl Readers {
             let len = buf.as_ref().map_or(0, AlignedBuf::len);
             return Ok(SampleOut { id, buf, payload: 0..len, bytes_read, decoded, times });
         }
-        let requests: Vec<Option<Range<u64>>> = match ranges {
-            None => vec![None],
-            Some(r) => r.into_iter().map(Some).collect(),
-        };
-        let (mut bytes_read, mut decoded) = (0, 0);
-        let mut buf = self.take_buf();
-        let mut payload = 0..0;
+        let requests = ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect());
+        let mut read = RangedRead::new(id, key, self.take_buf(), started);
         for range in requests {
-            let fetched = self.spec.store.fetch(&key, range, buf, self.spec.transfer).await?;
-            if bytes_read == 0 {
-                times.first_byte = fetched.first_byte;
-            }
-            times.read += started.elapsed().saturating_sub(times.read + times.decode);
-            let decode_started = Instant::now();
-            let bytes = &fetched.buf.as_slice()[fetched.skip..];
-            bytes_read += bytes.len() as u64;
-            decoded += read::decode(format, bytes, &key).map_err(|e| self.format_error(&e))?;
-            payload = fetched.skip..fetched.buf.len();
-            buf = fetched.buf;
-            times.decode += decode_started.elapsed();
+            let buf = read.take_buf();
+            let fetched = self.spec.store.fetch(&read.key, range, buf, self.spec.transfer).await?;
+            read.absorb(&self, fetched)?;
         }
-        let buf = if self.spec.with_data {
+        Ok(read.finish(&self))
+    }
+
+    /// Reads and decodes consecutive samples of one batch: on local stores in one blocking call (no task hand-off
+    /// per sample: small samples are dominated by it), elsewhere one request at a time.
+    async fn read_chunk(
+        self: Arc<Self>,
+        ids: Vec<SampleId>,
+        cache: Arc<FileCache>,
+    ) -> Result<Vec<SampleOut>, PipelineError> {
+        if self.spec.whole_files || !self.spec.store.is_local() {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(Arc::clone(&self).read_sample(id, Arc::clone(&cache)).await?);
+            }
+            return Ok(out);
+        }
+        let spf = self.spec.samples_per_file.max(1);
+        let mut planned = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (file, index) = (id / spf, id % spf);
+            let key = self.key(file)?.to_string();
+            let ranges = self.layout(file).await?.ranges(index, &key).map_err(|e| self.format_error(&e))?;
+            planned.push((id, key, ranges));
+        }
+        let this = Arc::clone(&self);
+        tokio::task::spawn_blocking(move || {
+            planned
+                .into_iter()
+                .map(|(id, key, ranges)| {
+                    let mut read = RangedRead::new(id, key, this.take_buf(), Instant::now());
+                    for range in ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect()) {
+                        let buf = read.take_buf();
+                        let fetched = this
+                            .spec
+                            .store
+                            .fetch_local(&read.key, range, buf, this.spec.transfer)
+                            .expect("the store is local")?;
+                        read.absorb(&this, fetched)?;
+                    }
+                    Ok(read.finish(&this))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| PipelineError::Dataset(format!("a read task failed: {e}")))?
+    }
+}
+
+/// One sample read as byte ranges, decoded range by range into the same buffer.
+struct RangedRead {
+    id: SampleId,
+    key: String,
+    buf: Option<AlignedBuf>,
+    payload: Range<usize>,
+    started: Instant,
+    times: SampleTimes,
+    bytes_read: u64,
+    decoded: u64,
+}
+
+impl RangedRead {
+    fn new(id: SampleId, key: String, buf: AlignedBuf, started: Instant) -> Self {
+        Self {
+            id,
+            key,
+            buf: Some(buf),
+            payload: 0..0,
+            started,
+            times: SampleTimes::default(),
+            bytes_read: 0,
+            decoded: 0,
+        }
+    }
+
+    fn take_buf(&mut self) -> AlignedBuf {
+        self.buf.take().unwrap_or_else(|| AlignedBuf::with_capacity(0))
+    }
+
+    /// Times and decodes one fetched range.
+    fn absorb(&mut self, readers: &Readers, fetched: crate::storage::Fetched) -> Result<(), PipelineError> {
+        if self.bytes_read == 0 {
+            self.times.first_byte = fetched.first_byte;
+        }
+        self.times.read += self.started.elapsed().saturating_sub(self.times.read + self.times.decode);
+        let decode_started = Instant::now();
+        let bytes = &fetched.buf.as_slice()[fetched.skip..];
+        self.bytes_read += bytes.len() as u64;
+        self.decoded += read::decode(readers.spec.format, bytes, &self.key).map_err(|e| readers.format_error(&e))?;
+        self.payload = fetched.skip..fetched.buf.len();
+        self.buf = Some(fetched.buf);
+        self.times.decode += decode_started.elapsed();
+        Ok(())
+    }
+
+    fn finish(mut self, readers: &Readers) -> SampleOut {
+        let buf = self.take_buf();
+        let buf = if readers.spec.with_data {
             Some(buf)
         } else {
-            self.give_buf(buf);
+            readers.give_buf(buf);
             None
         };
-        Ok(SampleOut { id, buf, payload, bytes_read, decoded, times })
+        SampleOut {
+            id: self.id,
+            buf,
+            payload: self.payload,
+            bytes_read: self.bytes_read,
+            decoded: self.decoded,
+            times: self.times,
+        }
     }
 }
 
@@ -311,13 +401,25 @@ impl Pipeline {
         let (readers_task, order) = (Arc::clone(readers), Arc::clone(order));
         let task = tokio::spawn(async move {
             let readers = readers_task;
-            let mut samples = futures::stream::iter(0..n)
-                .map(|i| {
-                    let (r, c, id) = (Arc::clone(&readers), Arc::clone(&cache), order.samples[i]);
-                    tokio::spawn(r.read_sample(id, c))
-                })
-                .buffered(readers.spec.read_threads.max(1));
             let batch_len = usize::try_from(batch_size).unwrap_or(usize::MAX).max(1);
+            // Each batch in read_threads chunks of consecutive samples, read_threads chunks in flight, in order.
+            let threads = readers.spec.read_threads.max(1);
+            let chunk_len = batch_len.div_ceil(threads);
+            let chunks: Vec<Vec<SampleId>> = order.samples[..n]
+                .chunks(batch_len)
+                .flat_map(|batch| batch.chunks(chunk_len).map(<[SampleId]>::to_vec))
+                .collect();
+            let mut samples = futures::stream::iter(chunks)
+                .map(|ids| tokio::spawn(Arc::clone(&readers).read_chunk(ids, Arc::clone(&cache))))
+                .buffered(threads)
+                .flat_map(|joined| {
+                    let outs: Vec<Result<SampleOut, PipelineError>> = match joined {
+                        Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
+                        Ok(Err(e)) => vec![Err(e)],
+                        Err(e) => vec![Err(PipelineError::Dataset(format!("a read task failed: {e}")))],
+                    };
+                    futures::stream::iter(outs)
+                });
             loop {
                 let mut batch = Batch {
                     samples: Vec::with_capacity(batch_len),
@@ -331,15 +433,11 @@ impl Pipeline {
                     data.reserve_exact_discarding(0);
                 }
                 while batch.samples.len() < batch_len {
-                    let Some(joined) = samples.next().await else { return };
-                    let out = match joined {
-                        Ok(Ok(out)) => out,
-                        Ok(Err(e)) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
+                    let Some(next) = samples.next().await else { return };
+                    let out = match next {
+                        Ok(out) => out,
                         Err(e) => {
-                            let _ = tx.send(Err(PipelineError::Dataset(format!("a read task failed: {e}")))).await;
+                            let _ = tx.send(Err(e)).await;
                             return;
                         }
                     };

@@ -272,16 +272,10 @@ impl Store {
         mut buf: AlignedBuf,
         transfer: Option<usize>,
     ) -> Result<Fetched, StorageError> {
-        let location = self.location(key)?;
-        let started = Instant::now();
-        if let Some(local) = &self.local {
-            let local = Arc::clone(local);
-            let shown = self.shown(key);
+        if self.is_local() {
+            let (store, owned_key) = (self.clone(), key.to_string());
             return tokio::task::spawn_blocking(move || {
-                local
-                    .read_timed(&location, range, &mut buf, transfer)
-                    .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
-                    .map_err(|e| StorageError::from_io(&shown, "read", &e))
+                store.fetch_local(&owned_key, range, buf, transfer).expect("the store is local")
             })
             .await
             .map_err(|e| StorageError::Backend {
@@ -290,6 +284,8 @@ impl Store {
                 message: e.to_string(),
             })?;
         }
+        let location = self.location(key)?;
+        let started = Instant::now();
         // Requests of at most `transfer` bytes, one after another; without a range, the first request's response
         // tells the object's size (no extra HEAD).
         let step = transfer.map_or(u64::MAX, |t| t.max(1) as u64);
@@ -318,6 +314,30 @@ impl Store {
             }
         }
         Ok(Fetched { buf, skip: 0, first_byte: first_byte.unwrap_or_default() })
+    }
+
+    /// Whether the store is local files (`file://`, `direct://`), which [`Self::fetch_local`] reads synchronously.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// [`Self::fetch`] on the calling thread, for local stores (`None` otherwise): for callers already on a blocking
+    /// thread that read many small objects.
+    pub fn fetch_local(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        mut buf: AlignedBuf,
+        transfer: Option<usize>,
+    ) -> Option<Result<Fetched, StorageError>> {
+        let local = self.local.as_ref()?;
+        let started = Instant::now();
+        Some(self.location(key).and_then(|location| {
+            local
+                .read_timed(&location, range, &mut buf, transfer)
+                .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
+                .map_err(|e| StorageError::from_io(&self.shown(key), "read", &e))
+        }))
     }
 
     /// Makes a written object durable: fsync of the file and its directory on local stores; object stores are
