@@ -127,6 +127,8 @@ pub struct PyBatch {
 #[pyclass(module = "dl_driver._core")]
 pub struct Batches {
     pipeline: Option<Pipeline>,
+    /// The last `__next__` failed (an error or Ctrl-C): the epoch cannot go on.
+    failed: bool,
 }
 
 #[pymethods]
@@ -163,7 +165,7 @@ impl Batches {
             Ok::<_, RunError>(Pipeline::start(&readers, &order, phase.batch_size, phase.steps_per_epoch))
         })?
         .map_err(run_error)?;
-        Ok(Self { pipeline: Some(pipeline) })
+        Ok(Self { pipeline: Some(pipeline), failed: false })
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -171,15 +173,23 @@ impl Batches {
     }
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<PyBatch>> {
+        if self.failed {
+            return Err(DlDriverError::new_err("this epoch's iterator stopped on an error or Ctrl-C; start a new one"));
+        }
         let Some(mut pipeline) = self.pipeline.take() else { return Ok(None) };
+        self.failed = true;
         let (next, pipeline) = runtime::run(py, async move {
             let next = pipeline.next().await;
             (next, pipeline)
         })?;
         let batch: Batch = match next {
-            None => return Ok(None),
+            None => {
+                self.failed = false;
+                return Ok(None);
+            }
             Some(b) => b.map_err(|e| run_error(RunError::Read(e)))?,
         };
+        self.failed = false;
         self.pipeline = Some(pipeline);
         let data = batch.data.map_or_else(Bytes::new, Bytes::from_owner);
         Ok(Some(PyBatch {

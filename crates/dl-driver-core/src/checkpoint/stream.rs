@@ -199,55 +199,92 @@ pub async fn write_file(
     })
 }
 
-/// Reads a checkpoint file back and verifies it against its manifest entry; returns the stored bytes read.
-pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: bool) -> Result<u64, CheckpointError> {
-    let shown = store.uri().join(key).to_string();
-    let mut stream = store.get_stream(key).await?;
-    let mut crc = 0u32;
-    let mut stored = 0u64;
-    let mut decoder = if compressed {
-        Some(zstd::stream::raw::Decoder::new().map_err(|e| CheckpointError::Invalid(e.to_string()))?)
-    } else {
-        None
-    };
-    let mut out = vec![0u8; if compressed { 1 << 20 } else { 0 }];
-    let mut original = 0u64;
-    let mut broken = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        crc = crc32c::crc32c_append(crc, &chunk);
-        stored += chunk.len() as u64;
-        if let Some(d) = &mut decoder {
-            match decompress(d, &chunk, &mut out) {
-                Ok(n) => original += n,
+/// Checks a checkpoint file's bytes as they stream past: CRC-32C, size, and decompression when compressed.
+struct Verifier {
+    shown: String,
+    crc: u32,
+    stored: u64,
+    decoder: Option<zstd::stream::raw::Decoder<'static>>,
+    out: Vec<u8>,
+    original: u64,
+    broken: Option<String>,
+}
+
+impl Verifier {
+    fn new(shown: String, compressed: bool) -> Result<Self, CheckpointError> {
+        let decoder = if compressed {
+            Some(zstd::stream::raw::Decoder::new().map_err(|e| CheckpointError::Invalid(e.to_string()))?)
+        } else {
+            None
+        };
+        let out = vec![0u8; if compressed { 1 << 20 } else { 0 }];
+        Ok(Self { shown, crc: 0, stored: 0, decoder, out, original: 0, broken: None })
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, chunk);
+        self.stored += chunk.len() as u64;
+        match &mut self.decoder {
+            None => self.original += chunk.len() as u64,
+            Some(d) => match decompress(d, chunk, &mut self.out) {
+                Ok(n) => self.original += n,
                 // Keep reading: a checksum mismatch, if there is one, says more than the decoder's complaint.
                 Err(e) => {
-                    decoder = None;
-                    broken = Some(format!("{shown}: zstd: {e}"));
+                    self.decoder = None;
+                    self.broken = Some(format!("{}: zstd: {e}", self.shown));
                 }
-            }
+            },
         }
     }
-    if !compressed {
-        original = stored;
+
+    fn finish(self, entry: &FileEntry) -> Result<u64, CheckpointError> {
+        let crc = format!("{:08x}", self.crc);
+        if self.stored != entry.stored_bytes || crc != entry.crc32c {
+            return Err(CheckpointError::Corrupt(format!(
+                "{}: checksum mismatch: read {} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
+                self.shown, self.stored, entry.stored_bytes, entry.crc32c
+            )));
+        }
+        if let Some(message) = self.broken {
+            return Err(CheckpointError::Corrupt(message));
+        }
+        if self.original != entry.bytes {
+            return Err(CheckpointError::Corrupt(format!(
+                "{}: decompressed to {} bytes, the manifest says {}",
+                self.shown, self.original, entry.bytes
+            )));
+        }
+        Ok(self.stored)
     }
-    let crc = format!("{crc:08x}");
-    if stored != entry.stored_bytes || crc != entry.crc32c {
-        return Err(CheckpointError::Corrupt(format!(
-            "{shown}: checksum mismatch: read {stored} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
-            entry.stored_bytes, entry.crc32c
-        )));
+}
+
+/// Reads a checkpoint file back and verifies it against its manifest entry; returns the stored bytes read. Local
+/// files are read in large sequential reads into one reused buffer on a blocking thread; objects are streamed.
+pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: bool) -> Result<u64, CheckpointError> {
+    let mut verifier = Verifier::new(store.uri().join(key).to_string(), compressed)?;
+    if store.is_local() {
+        let size = store.head(key).await?.size;
+        let (store, owned_key, entry) = (store.clone(), key.to_string(), entry.clone());
+        return tokio::task::spawn_blocking(move || {
+            let mut buf = AlignedBuf::with_capacity(CHUNK);
+            let mut at = 0;
+            while at < size {
+                let end = size.min(at + CHUNK as u64);
+                let fetched = store.fetch_local(&owned_key, Some(at..end), buf, None).expect("the store is local")?;
+                verifier.feed(&fetched.buf.as_slice()[fetched.skip..]);
+                buf = fetched.buf;
+                at = end;
+            }
+            verifier.finish(&entry)
+        })
+        .await
+        .map_err(|e| CheckpointError::Invalid(format!("{key}: the reader failed: {e}")))?;
     }
-    if let Some(message) = broken {
-        return Err(CheckpointError::Corrupt(message));
+    let mut stream = store.get_stream(key).await?;
+    while let Some(chunk) = stream.next().await {
+        verifier.feed(&chunk?);
     }
-    if original != entry.bytes {
-        return Err(CheckpointError::Corrupt(format!(
-            "{shown}: decompressed to {original} bytes, the manifest says {}",
-            entry.bytes
-        )));
-    }
-    Ok(stored)
+    verifier.finish(entry)
 }
 
 fn decompress(decoder: &mut zstd::stream::raw::Decoder<'_>, input: &[u8], out: &mut [u8]) -> io::Result<u64> {

