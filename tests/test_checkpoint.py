@@ -246,3 +246,16 @@ def test_a_server_dying_mid_checkpoint_leaves_the_previous_one_intact(tmp_path: 
         server.kill()
         server.wait()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_read_only_run_reads_the_checkpoints_already_there(tmp_path: Path) -> None:
+    only = {"workflow.train": False, "checkpoint.num_checkpoints_write": 2, "checkpoint.num_checkpoints_read": 0}
+    dl_driver.DlioRunner(training(tmp_path, **only)).run_benchmark()
+    reading = {**only, "checkpoint.num_checkpoints_write": 0, "checkpoint.num_checkpoints_read": 2}
+    report = dl_driver.DlioRunner(training(tmp_path, **reading)).run_benchmark()
+    assert [(c["kind"], c["name"]) for c in report.details["checkpoints"]] == [
+        ("load", "global_epoch1_step1"), ("load", "global_epoch1_step2")]
+    assert report.summary["metric"]["load_checkpoint_io_mean_GB_per_second"] > 0
+    empty = training(tmp_path, **{**reading, "checkpoint.checkpoint_folder": str(tmp_path / "empty")})
+    with pytest.raises(dl_driver.DlDriverError, match=r"num_checkpoints_read is 2 but .*empty holds no complete checkpoint"):
+        dl_driver.DlioRunner(empty).run_benchmark()

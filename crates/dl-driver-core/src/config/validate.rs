@@ -259,13 +259,14 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
     if k.compression == CheckpointCompression::Zstd && !(1..=22).contains(&k.compression_level) {
         return err("checkpoint.compression_level", format!("got {}, expected a zstd level 1-22", k.compression_level));
     }
-    if c.workflow.checkpoint && !c.workflow.train && k.num_checkpoints_write < 1 {
+    if c.workflow.checkpoint && !c.workflow.train && k.num_checkpoints_write < 1 && k.num_checkpoints_read < 1 {
         return err(
             "checkpoint.num_checkpoints_write",
             format!(
                 "checkpoint-only mode (workflow.train false, workflow.checkpoint true) writes num_checkpoints_write \
-                 checkpoints; got {}, expected >= 1",
-                k.num_checkpoints_write
+                 checkpoints and then reads num_checkpoints_read; got {} and {}, expected at least one >= 1 (reading \
+                 alone reads the checkpoints already in checkpoint.checkpoint_folder)",
+                k.num_checkpoints_write, k.num_checkpoints_read
             ),
         );
     }
