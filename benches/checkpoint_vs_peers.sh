@@ -8,11 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-export DLIO_VENV=${DLIO_VENV:-$cache/dlio200}
-peer=../shared/scripts/dlio-peer.sh
-[ -f "$peer" ] || { echo "needs $peer (the DLIO 2.0.0 installer)" >&2; exit 1; }
-bash "$peer"
-command -v fio >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio >/dev/null; }
+ensure_dlio_peer
+ensure_fio
 ensure_venv s3dlio boto3
 install_wheel
 if ! scripts/servers.sh status >/dev/null; then

@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-export DLIO_VENV=${DLIO_VENV:-$cache/dlio200}
-peer=../shared/scripts/dlio-peer.sh
-[ -f "$peer" ] || { echo "needs $peer (the DLIO 2.0.0 installer)" >&2; exit 1; }
-bash "$peer"
+ensure_dlio_peer
 ensure_venv pyyaml
 install_wheel
 "$venv/bin/python" benches/train_vs_dlio.py --dlio "$DLIO_VENV/bin/dlio_benchmark" --dl-driver "$venv/bin/dl-driver" \

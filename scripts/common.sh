@@ -23,3 +23,17 @@ install_wheel() {
   "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheels"/dl_driver-*.whl
   rm -rf "$wheels"
 }
+
+# ensure_dlio_peer: installs DLIO 2.0.0 (the benchmarks' peer) into its own venv, $DLIO_VENV, outside the project's
+# dependencies, with ../shared/scripts/dlio-peer.sh.
+ensure_dlio_peer() {
+  export DLIO_VENV=${DLIO_VENV:-$cache/dlio200}
+  local peer=../shared/scripts/dlio-peer.sh
+  [ -f "$peer" ] || { echo "needs $peer (the DLIO 2.0.0 installer)" >&2; return 1; }
+  bash "$peer"
+}
+
+# ensure_fio: installs fio from Debian when missing.
+ensure_fio() {
+  command -v fio >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio >/dev/null; }
+}

@@ -13,12 +13,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::formats::{Sink, SinkWriter};
 use crate::generate::data::SampleBytes;
+use crate::generate::ChannelSink;
 use crate::metrics::Latency;
 use crate::storage::{AlignedBuf, BufferPool, StorageError, Store};
 
-/// Bytes handed from the producing thread to the uploader at a time.
-pub const CHUNK: usize = 8 * 1024 * 1024;
+/// Bytes handed from the producing thread to the uploader at a time (and read at a time).
+pub const CHUNK: usize = crate::generate::HANDOFF;
 
 /// Why a checkpoint operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,65 +57,8 @@ pub struct FileEntry {
     pub crc32c: String,
 }
 
-/// Pushes produced bytes into pooled chunks, checksums them, and sends full chunks to the uploader.
-struct ChunkSender {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    pending: AlignedBuf,
-    pool: Arc<BufferPool>,
-    crc: u32,
-    stored: u64,
-}
-
-impl ChunkSender {
-    fn send(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.crc = crc32c::crc32c_append(self.crc, self.pending.as_slice());
-        self.stored += self.pending.len() as u64;
-        let full = std::mem::replace(&mut self.pending, self.pool.take());
-        self.tx.blocking_send(BufferPool::lend(&self.pool, full)).map_err(|_| io::Error::other("the upload stopped"))
-    }
-
-    /// Appends `len` bytes produced in place.
-    fn fill(&mut self, mut len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
-        while len > 0 {
-            let start = self.pending.len();
-            let n = (CHUNK - start).min(usize::try_from(len).unwrap_or(usize::MAX));
-            produce(&mut self.pending.spare_mut()[start..start + n]);
-            self.pending.set_len(start + n);
-            len -= n as u64;
-            if self.pending.len() == CHUNK {
-                self.send()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.pending.len());
-        self.pending.extend_from_slice(&data[..n]);
-        if self.pending.len() == CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for ChunkSender {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::replace(&mut self.pending, AlignedBuf::with_capacity(0)));
-    }
-}
-
-/// Produces `bytes` tensor bytes (compressed when asked) into `sender`.
-fn produce(bytes: u64, options: WriteOptions, sender: &mut ChunkSender) -> io::Result<()> {
+/// Produces `bytes` tensor bytes (compressed when asked) into `sink`.
+fn produce(bytes: u64, options: WriteOptions, sink: &mut ChannelSink) -> io::Result<()> {
     let mut data = SampleBytes::new(options.seed, 1.0, 1.0);
     let mut fill = |buf: &mut [u8]| {
         if options.randomize {
@@ -123,10 +68,10 @@ fn produce(bytes: u64, options: WriteOptions, sender: &mut ChunkSender) -> io::R
         }
     };
     let Some(level) = options.zstd_level else {
-        sender.fill(bytes, &mut fill)?;
-        return sender.send();
+        sink.fill(bytes, &mut fill)?;
+        return sink.flush();
     };
-    let mut encoder = zstd::stream::write::Encoder::new(&mut *sender, level)?;
+    let mut encoder = zstd::stream::write::Encoder::new(SinkWriter(&mut *sink), level)?;
     encoder.include_checksum(true)?;
     encoder.set_pledged_src_size(Some(bytes))?;
     let mut scratch = vec![0u8; 1 << 20];
@@ -138,7 +83,7 @@ fn produce(bytes: u64, options: WriteOptions, sender: &mut ChunkSender) -> io::R
         left -= n as u64;
     }
     encoder.finish()?;
-    sender.send()
+    sink.flush()
 }
 
 /// Writes one checkpoint file of `bytes` tensor bytes at `key`; records each part hand-off's latency.
@@ -153,11 +98,13 @@ pub async fn write_file(
 ) -> Result<FileEntry, CheckpointError> {
     let mut writer = store.writer(key).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
-    let mut sender = ChunkSender { tx, pending: pool.take(), pool: Arc::clone(pool), crc: 0, stored: 0 };
-    let production =
-        tokio::task::spawn_blocking(move || produce(bytes, options, &mut sender).map(|()| (sender.crc, sender.stored)));
+    let mut sink = ChannelSink::new(tx, Arc::clone(pool));
+    let production = tokio::task::spawn_blocking(move || produce(bytes, options, &mut sink));
+    let (mut crc, mut stored) = (0u32, 0u64);
     let mut upload = Ok(());
     while let Some(chunk) = rx.recv().await {
+        crc = crc32c::crc32c_append(crc, &chunk);
+        stored += chunk.len() as u64;
         let started = Instant::now();
         if let Err(e) = writer.write(chunk).await {
             upload = Err(e);
@@ -172,8 +119,8 @@ pub async fn write_file(
         let _ = writer.abort().await;
         return Err(e.into());
     }
-    let (crc, stored) = match outcome {
-        Ok(Ok(done)) => done,
+    match outcome {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             let _ = writer.abort().await;
             return Err(CheckpointError::Invalid(format!(
@@ -185,7 +132,7 @@ pub async fn write_file(
             let _ = writer.abort().await;
             return Err(e);
         }
-    };
+    }
     writer.finish().await?;
     if options.fsync {
         store.fsync(key).await?;

@@ -20,7 +20,7 @@ use crate::storage::{self, AlignedBuf, BufferPool, StorageError, StorageOptions,
 use layout::FileSpec;
 
 /// Bytes handed from a producing thread to the uploader at a time.
-const HANDOFF: usize = 8 * 1024 * 1024;
+pub(crate) const HANDOFF: usize = 8 * 1024 * 1024;
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ async fn write_one(
     let producer = tokio::task::spawn_blocking(move || {
         let d = &config.dataset;
         let mut bytes = data::SampleBytes::new(seed, d.compress_ratio, d.dedup_ratio);
-        let mut sink = ChannelSink { tx, pending: pool.take(), pool };
+        let mut sink = ChannelSink::new(tx, pool);
         let companions = formats::write_file(&config, &spec, &mut bytes, &mut sink)?;
         sink.flush()?;
         Ok::<_, io::Error>(companions)
@@ -161,15 +161,21 @@ async fn write_one(
     Ok(())
 }
 
-/// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind.
-struct ChannelSink {
+/// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind (used by
+/// generation and by the checkpoint writer).
+pub(crate) struct ChannelSink {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     pending: AlignedBuf,
     pool: Arc<BufferPool>,
 }
 
 impl ChannelSink {
-    fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Bytes>, pool: Arc<BufferPool>) -> Self {
+        Self { tx, pending: pool.take(), pool }
+    }
+
+    /// Sends what is pending (call once the last bytes are in).
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
