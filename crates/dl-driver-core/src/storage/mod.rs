@@ -394,12 +394,9 @@ impl Store {
         let upload = self.inner.put_multipart(&location).await.map_err(|e| self.fail(key, "starting an upload", &e))?;
         Ok(Writer {
             upload: Some(WriteMultipart::new_with_chunk_size(upload, self.settings.part_size)),
-            // Local parts are written one after another (one file), so more in flight only holds memory.
-            max_in_flight: if self.local.is_some() {
-                self.settings.max_in_flight.min(2)
-            } else {
-                self.settings.max_in_flight
-            },
+            // Local parts go to one file: two writers at once contend on the inode and nearly doubled the kernel time
+            // of a 4 GiB checkpoint (8.1 s vs 4.6 s of sys time), so one part at a time; the producer keeps running.
+            max_in_flight: if self.local.is_some() { 1 } else { self.settings.max_in_flight },
             store: self.clone(),
             key: key.to_string(),
             written: 0,
