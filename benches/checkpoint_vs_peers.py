@@ -43,6 +43,8 @@ import dl_driver
 import s3dlio
 from botocore.client import BaseClient
 
+import results_md  # benches/results_md.py, beside this script
+
 GIB = 1024**3
 MIB = 1024**2
 CHECKPOINT = "global_epoch1_step1"  # the name of the one checkpoint a checkpoint-only run writes
@@ -408,19 +410,7 @@ def main() -> int:
         "rows": rows,
         "commands": commands(args.dl_driver, args.dlio, args.work, file_size, s3_size),
     }
-    here = Path(__file__).resolve().parent
-    (here / "results").mkdir(exist_ok=True)
-    (here / "results" / "checkpoint.json").write_text(json.dumps(result, indent=2) + "\n")
-    section = markdown(result)
-    results_md = here / "RESULTS.md"
-    text = results_md.read_text()
-    begin, end = "<!-- checkpoint:begin -->", "<!-- checkpoint:end -->"
-    if begin in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results_md.write_text(text)
-    print(section)
+    results_md.save("checkpoint", result, markdown(result))
     return 0
 
 

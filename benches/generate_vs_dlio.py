@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import results_md  # benches/results_md.py, beside this script
+
 MIB = 1024**2
 SMALL_HDF5 = [
     "++workload.dataset.format=hdf5", "++workload.dataset.num_files_train=16", "++workload.dataset.num_files_eval=0",
@@ -128,9 +130,6 @@ def main() -> int:
         "large_file_vs_fio": round(unet3d / fio, 2),
         "large_file_target": 0.7,
     }
-    here = Path(__file__).resolve().parent
-    (here / "results").mkdir(exist_ok=True)
-    (here / "results" / "generate.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "<!-- generate:begin -->",
         "## Dataset generation (issue: generation)",
@@ -151,16 +150,7 @@ def main() -> int:
         f"{'yes' if result['large_file_vs_fio'] >= 0.7 else 'NO'}).",
         "<!-- generate:end -->",
     ]
-    section = "\n".join(lines)
-    results_md = here / "RESULTS.md"
-    text = results_md.read_text()
-    if "<!-- generate:begin -->" in text:
-        begin, end = text.index("<!-- generate:begin -->"), text.index("<!-- generate:end -->") + len("<!-- generate:end -->")
-        text = text[:begin] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results_md.write_text(text)
-    print(section)
+    results_md.save("generate", result, "\n".join(lines))
     return 0
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import dl_driver
 
+import results_md  # benches/results_md.py, beside this script
+
 GIB = 1024**3
 MIB = 1024**2
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -290,14 +292,7 @@ def main() -> int:
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {shutil.disk_usage(args.work).total // GIB} GiB disk",
         "rows": rows,
     }
-    here = Path(__file__).resolve().parent
-    (here / "results").mkdir(exist_ok=True)
-    (here / "results" / "storage.json").write_text(json.dumps(result, indent=2) + "\n")
-    results_md = here / "RESULTS.md"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n\n<!-- storage:begin -->\n<!-- storage:end -->\n"
-    begin, end = text.index("<!-- storage:begin -->"), text.index("<!-- storage:end -->") + len("<!-- storage:end -->")
-    results_md.write_text(text[:begin] + markdown(result) + text[end:])
-    print(markdown(result))
+    results_md.save("storage", result, markdown(result))
     return 0
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+import results_md  # benches/results_md.py, beside this script
+
 MIB = 1024**2
 KIB = 1024
 DLIO = "DLIO 2.0.0"
@@ -320,17 +322,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, section: str) -> None:
-    begin_mark, end_mark = "<!-- train:begin -->", "<!-- train:end -->"
-    text = path.read_text()
-    if begin_mark in text:
-        begin, end = text.index(begin_mark), text.index(end_mark) + len(end_mark)
-        text = text[:begin] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dlio", required=True, help="the dlio_benchmark command of DLIO 2.0.0")
@@ -362,12 +353,7 @@ def main() -> int:
         "rows": rows,
         "engine": engine,
     }
-    here = Path(__file__).resolve().parent
-    (here / "results").mkdir(exist_ok=True)
-    (here / "results" / "train.json").write_text(json.dumps(result, indent=2) + "\n")
-    section = markdown(result)
-    replace_section(here / "RESULTS.md", section)
-    print(section)
+    results_md.save("train", result, markdown(result))
     return 0
 
 
