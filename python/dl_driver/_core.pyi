@@ -30,7 +30,6 @@ def run_benchmark(
     config_json: str,
     source_name: str,
     overrides: list[str],
-    config_yaml: str,
     rank: int = 0,
     world_size: int = 1,
     console: bool = True,

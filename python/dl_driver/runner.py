@@ -88,7 +88,6 @@ class DlioRunner:
             cfg.to_json(redact=False),
             cfg.source_name,
             list(cfg.overrides),
-            cfg.to_yaml(),
             self.rank,
             self.world_size,
             self.console,

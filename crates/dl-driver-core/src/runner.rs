@@ -73,8 +73,7 @@ pub struct RunOptions {
     /// Print DLIO's console lines to stdout (they always go to the log file).
     pub console: bool,
     pub cancel: Cancel,
-    /// The config as the user wrote it (YAML) and their overrides, saved in `dlio_config/`.
-    pub config_yaml: String,
+    /// The user's overrides, saved (redacted) in `dlio_config/overrides.yaml` beside the resolved config.
     pub overrides: Vec<String>,
 }
 

@@ -11,11 +11,10 @@ use dl_driver_core::generate::layout::Split;
 use dl_driver_core::pipeline::{Batch, Pipeline, PipelineError};
 use dl_driver_core::plugins::{HookContext, Plugin, StepPoint};
 use dl_driver_core::runner::{self, Cancel, RunError, RunOptions};
-use dl_driver_core::storage::{self as core_storage, StorageOptions};
 use dl_driver_core::{plan, sampler};
 use pyo3::prelude::*;
 
-use crate::storage::{storage_error, Buffer};
+use crate::storage::{open_store, storage_error, Buffer};
 use crate::{config_error, parse_config, runtime, ConfigError, DlDriverError, FormatError};
 
 fn run_error(e: RunError) -> PyErr {
@@ -82,14 +81,13 @@ impl Plugin for PyPlugin {
 /// Runs the workload's training and evaluation, or its checkpoint-only workflow, with the plugins its config asks
 /// for and `plugins` (Python objects); returns (summary JSON, report JSON, interrupted).
 #[pyfunction]
-#[pyo3(signature = (config_json, source_name, overrides, config_yaml, rank = 0, world_size = 1, console = true, progress = false, plugins = Vec::new()))]
+#[pyo3(signature = (config_json, source_name, overrides, rank = 0, world_size = 1, console = true, progress = false, plugins = Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 pub fn run_benchmark(
     py: Python<'_>,
     config_json: &str,
     source_name: &str,
     overrides: Vec<String>,
-    config_yaml: String,
     rank: u64,
     world_size: u64,
     console: bool,
@@ -100,7 +98,7 @@ pub fn run_benchmark(
     let config = parse_config(config_json)?;
     let plan = plan::plan(&config, source_name, world_size).map_err(|e| config_error(&e))?;
     let cancel = Cancel::default();
-    let options = RunOptions { progress, console, cancel: cancel.clone(), config_yaml, overrides };
+    let options = RunOptions { progress, console, cancel: cancel.clone(), overrides };
     let comm = SingleProcess { rank, size: world_size };
     let mut python: Vec<Box<dyn Plugin>> = Vec::new();
     for object in plugins {
@@ -208,17 +206,6 @@ fn checkpoint_error(e: CheckpointError) -> PyErr {
     }
 }
 
-fn checkpoint_store(
-    uri: &str,
-    options: Option<std::collections::HashMap<String, String>>,
-) -> PyResult<core_storage::Store> {
-    let mut o = StorageOptions::new();
-    for (k, v) in options.unwrap_or_default() {
-        o.insert(k, v);
-    }
-    core_storage::open(uri, &o).map_err(storage_error)
-}
-
 /// The checkpoints under `uri` as JSON: [{name, complete, objects, stored_bytes}].
 #[pyfunction]
 #[pyo3(signature = (uri, options = None))]
@@ -227,7 +214,7 @@ pub fn checkpoint_list(
     uri: &str,
     options: Option<std::collections::HashMap<String, String>>,
 ) -> PyResult<String> {
-    let store = checkpoint_store(uri, options)?;
+    let store = open_store(uri, options)?;
     let listed = runtime::run(py, async move { manifest::list(&store).await })?.map_err(checkpoint_error)?;
     Ok(serde_json::to_string(&listed).expect("listings serialize"))
 }
@@ -241,7 +228,7 @@ pub fn checkpoint_verify(
     name: String,
     options: Option<std::collections::HashMap<String, String>>,
 ) -> PyResult<u64> {
-    let store = checkpoint_store(uri, options)?;
+    let store = open_store(uri, options)?;
     runtime::run(py, async move { manifest::verify(&store, &name).await })?.map_err(checkpoint_error)
 }
 
@@ -254,6 +241,6 @@ pub fn checkpoint_delete(
     name: String,
     options: Option<std::collections::HashMap<String, String>>,
 ) -> PyResult<u64> {
-    let store = checkpoint_store(uri, options)?;
+    let store = open_store(uri, options)?;
     runtime::run(py, async move { manifest::delete(&store, &name).await })?.map_err(checkpoint_error)
 }

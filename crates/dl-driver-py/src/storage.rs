@@ -19,6 +19,15 @@ pub fn storage_error(e: CoreStorageError) -> PyErr {
     }
 }
 
+/// Opens `uri` with keyword options (as text), as `dl_driver.storage.open` and the checkpoint functions take them.
+pub fn open_store(uri: &str, options: Option<HashMap<String, String>>) -> PyResult<storage::Store> {
+    let mut opts = StorageOptions::new();
+    for (k, v) in options.unwrap_or_default() {
+        opts.insert(k, v);
+    }
+    storage::open(uri, &opts).map_err(storage_error)
+}
+
 /// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path).
 #[pyclass(frozen, module = "dl_driver._core")]
 pub struct Store {
@@ -30,11 +39,7 @@ impl Store {
     #[new]
     #[pyo3(signature = (uri, options = None))]
     fn new(uri: &str, options: Option<HashMap<String, String>>) -> PyResult<Self> {
-        let mut opts = StorageOptions::new();
-        for (k, v) in options.unwrap_or_default() {
-            opts.insert(k, v);
-        }
-        storage::open(uri, &opts).map(|inner| Self { inner }).map_err(storage_error)
+        open_store(uri, options).map(|inner| Self { inner })
     }
 
     /// The location, as a URI.

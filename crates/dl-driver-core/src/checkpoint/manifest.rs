@@ -93,10 +93,11 @@ pub async fn list(store: &Store) -> Result<Vec<Listed>, CheckpointError> {
         if !folder.starts_with("global_epoch") {
             continue;
         }
-        if !found.iter().any(|l| l.name == folder) {
+        // Listings are sorted by key, so a folder's objects are consecutive: only the last entry can match.
+        if found.last().is_none_or(|l| l.name != folder) {
             found.push(Listed { name: folder.to_string(), complete: false, objects: 0, stored_bytes: 0 });
         }
-        let entry = found.iter_mut().find(|l| l.name == folder).expect("just added");
+        let entry = found.last_mut().expect("just ensured");
         entry.objects += 1;
         entry.stored_bytes += object.size;
         entry.complete |= file == MANIFEST;
