@@ -177,7 +177,7 @@ def _generate_config(cfg: Config, args: argparse.Namespace) -> None:
     rate = mib / report["seconds"] if report["seconds"] else 0.0
     print(
         f"generated {int(report['files_written'])} files ({int(report['files_skipped'])} already present), "
-        f"{mib:.1f} MiB in {report['seconds']:.2f} s ({rate:.0f} MiB/s) at {cfg.plan()['data_location']}"
+        f"{mib:.1f} MiB in {report['seconds']:.3f} s ({rate:.0f} MiB/s) at {cfg.plan()['data_location']}"
     )
 
 

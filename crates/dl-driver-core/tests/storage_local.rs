@@ -65,6 +65,39 @@ async fn direct_multipart_with_unaligned_tail() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn file_writers_stream_from_the_calling_thread() {
+    let dir = scratch("file-writer");
+    for scheme in ["file", "direct"] {
+        let store = store(scheme, &dir);
+        let data = pattern((9 << 20) + 4321, 3);
+        // A temporary file left by a writer that died is taken over and emptied.
+        std::fs::create_dir_all(dir.join(scheme)).unwrap();
+        std::fs::write(dir.join(format!("{scheme}/.dl-driver-obj.tmp")), pattern(data.len() + 10_000, 1)).unwrap();
+        let mut writer = store.file_writer(&format!("{scheme}/obj")).unwrap().unwrap();
+        let (head, rest) = data.split_at(777);
+        writer.write(head).unwrap();
+        let mut at = 0;
+        writer
+            .fill(rest.len() as u64, &mut |buf| {
+                buf.copy_from_slice(&rest[at..at + buf.len()]);
+                at += buf.len();
+            })
+            .unwrap();
+        assert!(!dir.join(format!("{scheme}/obj")).exists(), "{scheme}: not visible before finish");
+        assert!(writer.latency.summary().count >= 1, "{scheme}: chunk writes are timed");
+        assert_eq!(writer.finish(true).unwrap(), data.len() as u64);
+        assert_eq!(std::fs::read(dir.join(format!("{scheme}/obj"))).unwrap(), data, "{scheme}: same bytes, no padding");
+        let mut dropped = store.file_writer(&format!("{scheme}/gone")).unwrap().unwrap();
+        dropped.write(&data[..3 << 20]).unwrap();
+        drop(dropped);
+        let left: Vec<_> = std::fs::read_dir(dir.join(scheme)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("obj")], "{scheme}: no temporary files remain");
+    }
+    assert!(open("memory://x", &StorageOptions::new()).unwrap().file_writer("k").is_none(), "only local stores");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn read_bytes_of_this_process() -> u64 {
     let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
     io.lines().find_map(|l| l.strip_prefix("read_bytes: ")).expect("read_bytes line").trim().parse().unwrap()

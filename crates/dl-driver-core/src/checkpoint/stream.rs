@@ -57,8 +57,34 @@ pub struct FileEntry {
     pub crc32c: String,
 }
 
-/// Produces `bytes` tensor bytes (compressed when asked) into `sink`.
-fn produce(bytes: u64, options: WriteOptions, sink: &mut ChannelSink) -> io::Result<()> {
+/// A sink that checksums (CRC-32C) and counts the bytes passing into another, on the producing thread.
+struct Checksummed<'a> {
+    sink: &'a mut dyn Sink,
+    crc: u32,
+    stored: u64,
+}
+
+impl Sink for Checksummed<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.stored += data.len() as u64;
+        self.sink.write(data)
+    }
+
+    fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
+        let (crc, stored) = (&mut self.crc, &mut self.stored);
+        self.sink.fill(len, &mut |buf| {
+            produce(buf);
+            *crc = crc32c::crc32c_append(*crc, buf);
+            *stored += buf.len() as u64;
+        })
+    }
+}
+
+/// Produces `bytes` tensor bytes (compressed when asked) into `sink`; returns the CRC-32C and size of what it
+/// stored.
+fn produce(bytes: u64, options: WriteOptions, sink: &mut dyn Sink) -> io::Result<(u32, u64)> {
+    let mut sink = Checksummed { sink, crc: 0, stored: 0 };
     let mut data = SampleBytes::new(options.seed, 1.0, 1.0);
     let mut fill = |buf: &mut [u8]| {
         if options.randomize {
@@ -69,9 +95,9 @@ fn produce(bytes: u64, options: WriteOptions, sink: &mut ChannelSink) -> io::Res
     };
     let Some(level) = options.zstd_level else {
         sink.fill(bytes, &mut fill)?;
-        return sink.flush();
+        return Ok((sink.crc, sink.stored));
     };
-    let mut encoder = zstd::stream::write::Encoder::new(SinkWriter(&mut *sink), level)?;
+    let mut encoder = zstd::stream::write::Encoder::new(SinkWriter(&mut sink), level)?;
     encoder.include_checksum(true)?;
     encoder.set_pledged_src_size(Some(bytes))?;
     let mut scratch = vec![0u8; 1 << 20];
@@ -83,10 +109,15 @@ fn produce(bytes: u64, options: WriteOptions, sink: &mut ChannelSink) -> io::Res
         left -= n as u64;
     }
     encoder.finish()?;
-    sink.flush()
+    Ok((sink.crc, sink.stored))
 }
 
-/// Writes one checkpoint file of `bytes` tensor bytes at `key`; records each part hand-off's latency.
+fn producing_failed(store: &Store, key: &str, e: &io::Error) -> CheckpointError {
+    CheckpointError::Invalid(format!("{}: producing the tensor bytes failed: {e}", store.uri().join(key)))
+}
+
+/// Writes one checkpoint file of `bytes` tensor bytes at `key`; records each part's write latency. Local files are
+/// written by the producing thread itself; objects are uploaded as the bytes are produced.
 pub async fn write_file(
     store: &Store,
     key: &str,
@@ -96,15 +127,63 @@ pub async fn write_file(
     pool: &Arc<BufferPool>,
     part_latency: &mut Latency,
 ) -> Result<FileEntry, CheckpointError> {
+    let (crc, stored) = if store.is_local() {
+        let (owned_store, owned_key) = (store.clone(), key.to_string());
+        let (crc, stored, latency) =
+            tokio::task::spawn_blocking(move || write_local(&owned_store, &owned_key, bytes, options))
+                .await
+                .map_err(|e| CheckpointError::Invalid(format!("{key}: the tensor producer failed: {e}")))??;
+        part_latency.add(&latency);
+        (crc, stored)
+    } else {
+        upload(store, key, bytes, options, pool, part_latency).await?
+    };
+    Ok(FileEntry {
+        rank,
+        name: key.rsplit('/').next().unwrap_or(key).to_string(),
+        bytes,
+        stored_bytes: stored,
+        crc32c: format!("{crc:08x}"),
+    })
+}
+
+/// Produces and writes a local checkpoint file from the calling thread, flushed to the device when asked.
+fn write_local(
+    store: &Store,
+    key: &str,
+    bytes: u64,
+    options: WriteOptions,
+) -> Result<(u32, u64, Latency), CheckpointError> {
+    let mut writer = store.file_writer(key).expect("the store is local")?;
+    let (crc, stored) = match produce(bytes, options, &mut writer) {
+        Ok(done) => done,
+        Err(e) if writer.failed() => return Err(store.write_failed(key, &e).into()),
+        Err(e) => return Err(producing_failed(store, key, &e)),
+    };
+    let latency = writer.latency.clone();
+    writer.finish(options.fsync).map_err(|e| store.write_failed(key, &e))?;
+    Ok((crc, stored, latency))
+}
+
+/// Uploads a checkpoint object as a producer on a blocking thread makes its bytes; returns its CRC-32C and size.
+async fn upload(
+    store: &Store,
+    key: &str,
+    bytes: u64,
+    options: WriteOptions,
+    pool: &Arc<BufferPool>,
+    part_latency: &mut Latency,
+) -> Result<(u32, u64), CheckpointError> {
     let mut writer = store.writer(key).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let mut sink = ChannelSink::new(tx, Arc::clone(pool));
-    let production = tokio::task::spawn_blocking(move || produce(bytes, options, &mut sink));
-    let (mut crc, mut stored) = (0u32, 0u64);
+    let production = tokio::task::spawn_blocking(move || {
+        let produced = produce(bytes, options, &mut sink)?;
+        sink.flush()?;
+        Ok::<_, io::Error>(produced)
+    });
     let mut upload = Ok(());
     while let Some(chunk) = rx.recv().await {
-        crc = crc32c::crc32c_append(crc, &chunk);
-        stored += chunk.len() as u64;
         let started = Instant::now();
         if let Err(e) = writer.write(chunk).await {
             upload = Err(e);
@@ -119,31 +198,19 @@ pub async fn write_file(
         let _ = writer.abort().await;
         return Err(e.into());
     }
-    match outcome {
-        Ok(Ok(())) => {}
+    let produced = match outcome {
+        Ok(Ok(produced)) => produced,
         Ok(Err(e)) => {
             let _ = writer.abort().await;
-            return Err(CheckpointError::Invalid(format!(
-                "{}: producing the tensor bytes failed: {e}",
-                store.uri().join(key)
-            )));
+            return Err(producing_failed(store, key, &e));
         }
         Err(e) => {
             let _ = writer.abort().await;
             return Err(e);
         }
-    }
+    };
     writer.finish().await?;
-    if options.fsync {
-        store.fsync(key).await?;
-    }
-    Ok(FileEntry {
-        rank,
-        name: key.rsplit('/').next().unwrap_or(key).to_string(),
-        bytes,
-        stored_bytes: stored,
-        crc32c: format!("{crc:08x}"),
-    })
+    Ok(produced)
 }
 
 /// Checks a checkpoint file's bytes as they stream past: CRC-32C, size, and decompression when compressed.

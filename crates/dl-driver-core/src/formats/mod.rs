@@ -25,6 +25,16 @@ pub trait Sink {
     }
 }
 
+impl Sink for crate::storage::FileWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        crate::storage::FileWriter::write(self, data)
+    }
+
+    fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
+        crate::storage::FileWriter::fill(self, len, produce)
+    }
+}
+
 /// Produces `len` bytes through a reused chunk buffer, handing each piece to `consume`.
 fn in_chunks(
     len: u64,

@@ -116,7 +116,8 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     })
 }
 
-/// Produces one file on a blocking thread and uploads it as it is produced; companions first, the file last.
+/// Produces one file on a blocking thread and uploads it as it is produced (local files: writes it from that
+/// thread); companions first, the file last.
 async fn write_one(
     store: &Store,
     config: Arc<Config>,
@@ -124,9 +125,15 @@ async fn write_one(
     progress: Arc<Progress>,
     pool: Arc<BufferPool>,
 ) -> Result<(), GenerateError> {
+    let seed = data::mix(config.train.seed ^ data::mix(spec.index) ^ data::mix(spec.split as u64 + 1));
+    if store.is_local() {
+        let (store, key) = (store.clone(), spec.key.clone());
+        return tokio::task::spawn_blocking(move || write_local(&store, &config, &spec, seed, &progress))
+            .await
+            .map_err(|e| GenerateError::Format { key, message: e.to_string() })?;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let key = spec.key.clone();
-    let seed = data::mix(config.train.seed ^ data::mix(spec.index) ^ data::mix(spec.split as u64 + 1));
     let producer = tokio::task::spawn_blocking(move || {
         let d = &config.dataset;
         let mut bytes = data::SampleBytes::new(seed, d.compress_ratio, d.dedup_ratio);
@@ -159,6 +166,55 @@ async fn write_one(
     writer.finish().await?;
     progress.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Produces and writes one local file from the calling thread, each chunk written while it is in the CPU cache.
+fn write_local(
+    store: &Store,
+    config: &Config,
+    spec: &FileSpec,
+    seed: u64,
+    progress: &Progress,
+) -> Result<(), GenerateError> {
+    let d = &config.dataset;
+    let mut bytes = data::SampleBytes::new(seed, d.compress_ratio, d.dedup_ratio);
+    let mut writer = store.file_writer(&spec.key).expect("the store is local")?;
+    let companions = match formats::write_file(config, spec, &mut bytes, &mut Counted { sink: &mut writer, progress }) {
+        Ok(companions) => companions,
+        Err(e) if writer.failed() => return Err(store.write_failed(&spec.key, &e).into()),
+        Err(e) => return Err(GenerateError::Format { key: spec.key.clone(), message: e.to_string() }),
+    };
+    for companion in companions {
+        let mut file = store.file_writer(&companion.key).expect("the store is local")?;
+        file.write(&companion.bytes)
+            .and_then(|()| file.finish(false))
+            .map_err(|e| store.write_failed(&companion.key, &e))?;
+    }
+    writer.finish(false).map_err(|e| store.write_failed(&spec.key, &e))?;
+    progress.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A sink that counts the bytes passing into the progress line.
+struct Counted<'a> {
+    sink: &'a mut dyn Sink,
+    progress: &'a Progress,
+}
+
+impl Sink for Counted<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.sink.write(data)?;
+        self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
+        let progress = self.progress;
+        self.sink.fill(len, &mut |buf| {
+            produce(buf);
+            progress.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        })
+    }
 }
 
 /// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind (used by

@@ -8,6 +8,7 @@ mod local;
 mod options;
 mod uri;
 
+use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 
 pub use buffer::{AlignedBuf, BufferPool, ALIGN};
 pub use error::StorageError;
-pub use local::LocalStore;
+pub use local::{FileWriter, LocalStore};
 pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
 pub use uri::{Scheme, StorageUri};
 
@@ -326,6 +327,20 @@ impl Store {
         self.local.is_some()
     }
 
+    /// For local stores, a writer of `key` used from the calling thread (a producer on a blocking thread writes
+    /// its bytes itself, while they are in the CPU cache); `None` for object stores.
+    pub fn file_writer(&self, key: &str) -> Option<Result<FileWriter, StorageError>> {
+        let local = self.local.as_ref()?;
+        Some(self.location(key).and_then(|location| {
+            local.file_writer(&location).map_err(|e| StorageError::from_io(&self.shown(key), "write", &e))
+        }))
+    }
+
+    /// The error of a failed [`FileWriter`] call on `key`.
+    pub fn write_failed(&self, key: &str, error: &io::Error) -> StorageError {
+        StorageError::from_io(&self.shown(key), "write", error)
+    }
+
     /// [`Self::fetch`] on the calling thread, for local stores (`None` otherwise): for callers already on a blocking
     /// thread that read many small objects.
     pub fn fetch_local(
@@ -343,22 +358,6 @@ impl Store {
                 .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
                 .map_err(|e| StorageError::from_io(&self.shown(key), "read", &e))
         }))
-    }
-
-    /// Makes a written object durable: fsync of the file and its directory on local stores; object stores are
-    /// durable once a write completes.
-    pub async fn fsync(&self, key: &str) -> Result<(), StorageError> {
-        let Some(local) = &self.local else { return Ok(()) };
-        let (local, location, shown) = (Arc::clone(local), self.location(key)?, self.shown(key));
-        tokio::task::spawn_blocking(move || {
-            local.fsync(&location).map_err(|e| StorageError::from_io(&shown, "fsync", &e))
-        })
-        .await
-        .map_err(|e| StorageError::Backend {
-            uri: self.shown(key),
-            operation: "fsync",
-            message: e.to_string(),
-        })?
     }
 
     /// Size and modification time of the object.
