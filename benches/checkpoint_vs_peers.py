@@ -44,6 +44,7 @@ import s3dlio
 from botocore.client import BaseClient
 
 import results_md  # benches/results_md.py, beside this script
+from memory_state import warm_memory
 
 GIB = 1024**3
 MIB = 1024**2
@@ -191,10 +192,12 @@ def file_cases(dl_driver: str, work: Path, size: int, repeats: int, cold: bool) 
 
     def ours_write() -> float:
         fresh(folder)
+        warm_memory(size + GIB)
         return dl_driver_save(save, out)
 
     def fio_write() -> float:
         fresh(fio_file)
+        warm_memory(size + GIB)
         return fio(fio_file, size, "write")
 
     def ours_read() -> float:
@@ -209,8 +212,8 @@ def file_cases(dl_driver: str, work: Path, size: int, repeats: int, cold: bool) 
             return read()
         return step
 
-    # Writes first, each into the memory its tool's previous checkpoint just freed; a cache drop in between would
-    # slow the next write for any tool (see the note in markdown()).
+    # Writes first, each into memory just touched and freed; a cache drop in between would slow the next write for
+    # any tool (see the note in markdown()).
     rates = alternate([("dl-driver write", ours_write), ("fio write", fio_write)], repeats)
     # Each tool's warm read comes straight after its cold one, which leaves the file in the page cache.
     if cold:
@@ -349,10 +352,11 @@ def markdown(result: dict) -> str:
         "save's bytes / duration in dl_driver_report.json (start-up excluded). fio's rate is its own (its runtime "
         "includes `end_fsync`); DLIO's is the checkpoint file's bytes / per_epoch_stats.json `ckpt1` end - start; "
         "s3dlio's is timed around the call. Every case starts with one untimed round (s3dlio sets up its client "
-        "then). Each write first deletes that tool's previous checkpoint (as a job keeping one checkpoint would): "
-        "on this VM a write into memory just freed runs at ~2 GiB/s, but into memory the balloon has handed back "
-        "to the host (after `drop_caches`) at ~0.4-0.8 GiB/s, for fio as for dl-driver, so the writes run before "
-        "any cache is dropped. DLIO's checkpoint starts seconds into its run, when memory freed before it may "
+        "then). Each write first deletes that tool's previous checkpoint (as a job keeping one checkpoint would); "
+        "the fio and dl-driver writes then start right after the checkpoint's size + 1 GiB of memory was touched "
+        "and freed: on this VM a write into memory just freed runs at ~2-3 GiB/s, but into memory the host has "
+        "taken back (free page reporting, after a few idle seconds or a `drop_caches`) at ~0.4-0.8 GiB/s, for fio "
+        "as for dl-driver, so the writes run before any cache is dropped. DLIO's checkpoint starts seconds into its run, when memory freed before it may "
         "have been handed back already, so that case is also run with every tool starting after a cache drop and a "
         f"{SETTLE_SECONDS} s pause (both then write into handed-back memory). "
         + ("Cold reads follow `sync; echo 3 > /proc/sys/vm/drop_caches`; warm reads come straight after them."

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import results_md  # benches/results_md.py, beside this script
+from memory_state import warm_memory
 
 MIB = 1024**2
 WARM = 3 * 1024**3  # more than any case writes
@@ -67,18 +68,6 @@ def run_ours(dl_driver: str, workload: str, overrides: list[str], data: Path, cw
     out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=True).stdout
     seconds = float(re.search(r" in ([\d.]+) s ", out).group(1))
     return folder_bytes(data), seconds
-
-
-def warm_memory(nbytes: int) -> None:
-    """Touches and frees `nbytes` of memory just before a timed run, so every tool writes into memory in one state.
-
-    On this VM, memory freed for a few seconds is handed back to the host (free page reporting), and the first write
-    to it afterwards runs several times slower: without this, a run's rate depends on what ran before it.
-    """
-    import numpy as np
-
-    block = np.ones(nbytes, dtype=np.uint8)
-    del block
 
 
 def fio_write(directory: Path) -> float:

@@ -187,7 +187,7 @@ fn write_local(
     for companion in companions {
         let mut file = store.file_writer(&companion.key).expect("the store is local")?;
         file.write(&companion.bytes)
-            .and_then(|()| file.finish(false))
+            .and_then(|()| file.finish(false).map(drop))
             .map_err(|e| store.write_failed(&companion.key, &e))?;
     }
     writer.finish(false).map_err(|e| store.write_failed(&spec.key, &e))?;

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -234,6 +235,8 @@ struct TempWriter {
     direct: bool,
     /// Bytes of real data written so far (the end of the furthest write).
     len: u64,
+    /// Space was reserved up front (and may exceed what was written).
+    preallocated: bool,
     staging: Option<AlignedBuf>,
 }
 
@@ -267,7 +270,7 @@ impl TempWriter {
         if file.metadata()?.len() > 0 {
             file.set_len(0)?;
         }
-        Ok(Self { file, temp, target: target.to_path_buf(), direct, len: 0, staging: None })
+        Ok(Self { file, temp, target: target.to_path_buf(), direct, len: 0, preallocated: false, staging: None })
     }
 
     /// Writes `chunks` back to back from `offset`; with O_DIRECT, `offset` must be aligned and only the last write
@@ -288,8 +291,8 @@ impl TempWriter {
     }
 
     fn commit(self) -> io::Result<u64> {
-        if self.direct {
-            // O_DIRECT wrote whole blocks; cut the padding of the last one.
+        if self.direct || (self.preallocated && self.file.metadata()?.len() != self.len) {
+            // O_DIRECT wrote whole blocks, a reservation may be longer than the data: cut to the real size.
             self.file.set_len(self.len)?;
         }
         fs::rename(&self.temp, &self.target)?;
@@ -314,8 +317,7 @@ pub struct FileWriter {
     buf: AlignedBuf,
     offset: u64,
     failed: bool,
-    /// The time of each chunk write.
-    pub latency: Latency,
+    latency: Latency,
 }
 
 /// Chunk of a buffered [`FileWriter`]: produced bytes are still in the L2 cache when the kernel copies them.
@@ -328,13 +330,35 @@ impl FileWriter {
         Ok(Self { temp, buf: AlignedBuf::with_capacity(chunk), offset: 0, failed: false, latency: Latency::default() })
     }
 
+    /// Reserves `len` bytes for the file on the device up front (as `fio` does by default), when the filesystem
+    /// can: the filesystem then allocates its blocks at once instead of page by page as they are written.
+    pub fn preallocate(&mut self, len: u64) {
+        let Ok(len) = libc::off_t::try_from(len) else { return };
+        if len > 0 {
+            // SAFETY: fallocate on an open descriptor we own; failure (e.g. unsupported) only skips the reservation.
+            #[allow(unsafe_code)]
+            let reserved = unsafe { libc::fallocate(self.temp.file.as_raw_fd(), 0, 0, len) } == 0;
+            self.temp.preallocated = reserved;
+        }
+    }
+
     /// Whether a write to the file failed (as opposed to the producer of the bytes).
     pub fn failed(&self) -> bool {
         self.failed
     }
 
-    /// Appends `data`.
+    /// Appends `data`; whole chunks of it are written without a copy when nothing is staged (and, with O_DIRECT,
+    /// `data` is aligned in memory).
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let chunk = self.buf.capacity();
+        if self.buf.is_empty()
+            && data.len() >= chunk
+            && (!self.temp.direct || (data.as_ptr() as usize).is_multiple_of(ALIGN))
+        {
+            let whole = data.len() / chunk * chunk;
+            self.write_direct(&data[..whole])?;
+            data = &data[whole..];
+        }
         while !data.is_empty() {
             let n = data.len().min(self.buf.capacity() - self.buf.len());
             self.buf.extend_from_slice(&data[..n]);
@@ -361,21 +385,28 @@ impl FileWriter {
         if self.buf.len() < self.buf.capacity() {
             return Ok(());
         }
-        // A whole aligned chunk at an aligned offset: written as is, with or without O_DIRECT.
+        let buf = std::mem::replace(&mut self.buf, AlignedBuf::with_capacity(0));
+        let result = self.write_direct(buf.as_slice());
+        self.buf = buf;
+        self.buf.set_len(0);
+        result
+    }
+
+    /// Writes whole aligned chunks at the (aligned) end of the file, as they are, with or without O_DIRECT.
+    fn write_direct(&mut self, data: &[u8]) -> io::Result<()> {
         let started = Instant::now();
-        let result = self.temp.file.write_all_at(self.buf.as_slice(), self.offset);
+        let result = self.temp.file.write_all_at(data, self.offset);
         self.latency.record(started.elapsed());
         self.failed |= result.is_err();
         result?;
-        self.offset += self.buf.len() as u64;
+        self.offset += data.len() as u64;
         self.temp.len = self.offset;
-        self.buf.set_len(0);
         Ok(())
     }
 
     /// Writes what is left, flushes the file to the device when `fsync` (before it gets its name, and its directory
-    /// entry after), and renames it into place; returns its size.
-    pub fn finish(mut self, fsync: bool) -> io::Result<u64> {
+    /// entry after), and renames it into place; returns its size and the latencies of all its chunk writes.
+    pub fn finish(mut self, fsync: bool) -> io::Result<(u64, Latency)> {
         let result = self.finish_writes(fsync);
         self.failed |= result.is_err();
         result?;
@@ -386,7 +417,7 @@ impl FileWriter {
                 File::open(dir)?.sync_all()?;
             }
         }
-        Ok(size)
+        Ok((size, self.latency))
     }
 
     fn finish_writes(&mut self, fsync: bool) -> io::Result<()> {

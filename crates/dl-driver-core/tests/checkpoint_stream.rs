@@ -1,0 +1,55 @@
+//! Checkpoint files streamed to local stores: the producing and the writing thread, reserved space, zstd, and a
+//! failing device (an error, never a hang or a file under the checkpoint's name).
+
+use dl_driver_core::checkpoint::stream::{read_file, write_file, WriteOptions, CHUNK};
+use dl_driver_core::metrics::Latency;
+use dl_driver_core::storage::{open, BufferPool, StorageOptions};
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    // CARGO_TARGET_TMPDIR is on the build disk, not tmpfs (which refuses O_DIRECT).
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("stream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(zstd_level: Option<i32>) -> WriteOptions {
+    WriteOptions { zstd_level, randomize: true, fsync: true, seed: 7 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_files_round_trip_with_and_without_zstd() {
+    let dir = scratch("round-trip");
+    let pool = BufferPool::new(CHUNK);
+    for scheme in ["file", "direct"] {
+        let store = open(&format!("{scheme}://{}", dir.display()), &StorageOptions::new()).unwrap();
+        for level in [None, Some(3)] {
+            let key = format!("{scheme}-{level:?}.pt");
+            let size = (5 << 20) + 333;
+            let mut latency = Latency::default();
+            let entry = write_file(&store, &key, 0, size, options(level), &pool, &mut latency).await.unwrap();
+            assert_eq!(entry.bytes, size);
+            assert_eq!(std::fs::metadata(dir.join(&key)).unwrap().len(), entry.stored_bytes, "{key}: no padding");
+            assert!(latency.summary().count >= 1, "{key}: chunk writes are timed");
+            assert_eq!(read_file(&store, &key, &entry, level.is_some()).await.unwrap(), entry.stored_bytes);
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_local_write_is_an_error_not_a_hang() {
+    let dir = scratch("full-disk");
+    // The temporary file is /dev/full: every write fails with ENOSPC while the producer is still producing.
+    std::os::unix::fs::symlink("/dev/full", dir.join(".dl-driver-shard.pt.tmp")).unwrap();
+    let store = open(&format!("file://{}", dir.display()), &StorageOptions::new()).unwrap();
+    let pool = BufferPool::new(CHUNK);
+    let mut latency = Latency::default();
+    let written = write_file(&store, "shard.pt", 0, 64 << 20, options(None), &pool, &mut latency);
+    let error = tokio::time::timeout(std::time::Duration::from_secs(30), written).await.unwrap().unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("shard.pt") && message.contains("No space left"), "{message}");
+    assert!(!dir.join("shard.pt").exists(), "nothing appears under the file's name");
+    std::fs::remove_dir_all(dir).unwrap();
+}
