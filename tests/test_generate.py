@@ -154,6 +154,46 @@ def test_hdf5_opens_in_h5py(tmp_path: Path) -> None:
         assert [f[f"records_{k}"].shape for k in range(3)] == [(4, 2, 5)] * 3
 
 
+def test_chunked_and_gzip_hdf5_open_in_h5py_and_train(tmp_path: Path) -> None:
+    import h5py
+
+    fixed = {"dataset.record_length_bytes": 300_000, "dataset.record_length_bytes_stdev": 0}
+    cases = {
+        # DLIO 2.0.0's keys: (1, c, c) chunks with c = ceil(sqrt(chunk_size)); 3 x 18 x 18 chunks need a 2-level index.
+        "dlio": ({"dataset.enable_chunking": True, "dataset.chunk_size": 1000}, (1, 32, 32), None),
+        "dims": ({"dataset.hdf5.chunk_dims": [2, 100, 64], "dataset.hdf5.max_shape": [8, 547, 600]}, (2, 100, 64), None),
+        "gzip": ({"dataset.compression": "gzip", "dataset.compression_level": 6}, (1, 547, 547), "gzip"),
+        "gzip-compressible": ({"dataset.compression": "gzip", "dataset.compress_ratio": 4.0}, (1, 547, 547), "gzip"),
+        "lzf-compressible": ({"dataset.compression": "lzf", "dataset.compress_ratio": 4.0}, (1, 547, 547), "lzf"),
+        "lzf": ({"dataset.compression": "lzf", "dataset.hdf5.chunk_dims": [1, 64, 64]}, (1, 64, 64), "lzf"),
+    }
+    for name, (extra, chunks, compression) in cases.items():
+        root = dataset(tmp_path / name, "hdf5", **fixed, **extra)
+        for path in sorted(root.rglob("*.hdf5")):
+            with h5py.File(path, "r") as f:
+                records = f["records_0"]
+                assert records.shape == (4, 547, 547) and records.chunks == chunks, name
+                assert records.compression == compression, name
+                data = records[:]
+                zeros = float((data == 0).mean())
+                if name.endswith("-compressible"):
+                    assert 0.7 < zeros < 0.8, f"{name}: 3 of 4 bytes of each 4 KiB block are zeros, got {zeros}"
+                    assert path.stat().st_size < data.nbytes / 2, f"{name}: really compressed"
+                else:
+                    # Every chunk is found through the index: a chunk it missed would read as fill value zeros.
+                    assert zeros < 0.01 and data[:, -5:, -5:].any(), f"{name}: {zeros:.3f} zeros"
+                assert not f["labels"][:].any()
+                if name == "dims":
+                    assert records.maxshape == (8, 547, 600)
+                if name == "gzip":
+                    assert records.compression_opts == 6
+        cfg = dl_driver.load_dlio_config({"framework": "pytorch", "reader": {"data_loader": "pytorch", "batch_size": 2}},
+                                         {"dataset.format": "hdf5", "dataset.data_folder": str(root),
+                                          "dataset.num_files_train": 3, "dataset.num_files_eval": 1,
+                                          "dataset.num_samples_per_file": 4, **fixed, **extra})
+        assert sum(len(b.samples) for b in dl_driver.batches(cfg)) == 12, f"{name}: training reads every sample"
+
+
 def test_images_open_in_pillow(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -177,6 +217,68 @@ def test_csv_reads_in_numpy(tmp_path: Path) -> None:
     root = dataset(tmp_path / "gz", "csv", **{"dataset.compression": "gzip"})
     with gzip.open(root / "train" / "img_0_of_3.csv.gz", "rt") as f:
         assert len(f.read().splitlines()) == 4
+
+
+def test_compressed_csv_is_the_plain_csv_through_the_standard_library(tmp_path: Path) -> None:
+    """pandas' to_csv(compression=...) as DLIO calls it: `.csv.gz/.bz2/.xz` streams and a `.csv.zip` of one deflated
+    member named as the file without `.zip`; Python's own modules (no pandas) decompress them to the plain csv."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    plain = dataset(tmp_path / "none", "csv")
+    names = sorted(str(p.relative_to(plain)) for p in plain.rglob("*") if p.is_file())
+    assert len(names) == 4
+    decompress = {"gzip": gzip.decompress, "bz2": bz2.decompress, "xz": lzma.decompress}
+    for compression, suffix in [("gzip", "gz"), ("bz2", "bz2"), ("xz", "xz"), ("zip", "zip")]:
+        root = dataset(tmp_path / compression, "csv", **{"dataset.compression": compression})
+        written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        assert written == [f"{name}.{suffix}" for name in names], compression
+        for name in names:
+            path = root / f"{name}.{suffix}"
+            if compression == "zip":
+                with zipfile.ZipFile(path) as z:
+                    (member,) = z.infolist()
+                    assert member.filename == Path(name).name and member.filename.endswith(".csv")
+                    assert member.compress_type == zipfile.ZIP_DEFLATED
+                    text = z.read(member)
+            else:
+                text = decompress[compression](path.read_bytes())
+            assert text == (plain / name).read_bytes(), f"{compression}: {name} decompresses to the plain csv"
+            rows = np.loadtxt(text.decode().splitlines(), delimiter=",", dtype=np.int64, ndmin=2)
+            assert (rows == np.loadtxt(plain / name, delimiter=",", dtype=np.int64, ndmin=2)).all()
+            assert rows.shape[0] == 4 and (rows == rows[0]).all(), "4 identical rows, as DLIO"
+        cfg = dl_driver.load_dlio_config({"framework": "pytorch", "reader": {"data_loader": "pytorch", "batch_size": 2}},
+                                         {"dataset.format": "csv", "dataset.data_folder": str(root),
+                                          "dataset.compression": compression, "dataset.num_files_train": 3,
+                                          "dataset.num_files_eval": 1, "dataset.num_samples_per_file": 4,
+                                          "dataset.record_length_bytes": 40_000, "dataset.record_length_bytes_stdev": 8_000})
+        assert sum(len(b.samples) for b in dl_driver.batches(cfg)) == 12, f"{compression}: training reads every sample"
+
+
+def test_csv_compression_level_is_used(tmp_path: Path) -> None:
+    """bzip2 writes its level (the block size, 1-9) in its header: dataset.compression_level reaches the encoder,
+    clamped into the codec's range (0 means 1 for bzip2); the other codecs decompress at every level."""
+    import bz2
+    import gzip
+    import lzma
+
+    for level, header in [(9, b"BZh9"), (0, b"BZh1")]:
+        root = dataset(tmp_path / f"bz2-{level}", "csv",
+                       **{"dataset.compression": "bz2", "dataset.compression_level": level})
+        path = root / "train" / "img_0_of_3.csv.bz2"
+        assert path.read_bytes()[:4] == header
+        assert len(bz2.decompress(path.read_bytes()).splitlines()) == 4
+    sizes = {}
+    for compression, suffix, decompress in [("gzip", "gz", gzip.decompress), ("xz", "xz", lzma.decompress)]:
+        for level in (0, 9):
+            root = dataset(tmp_path / f"{compression}-{level}", "csv",
+                           **{"dataset.compression": compression, "dataset.compression_level": level})
+            data = (root / "train" / f"img_0_of_3.csv.{suffix}").read_bytes()
+            assert len(decompress(data).splitlines()) == 4
+            sizes[compression, level] = len(data)
+    assert sizes["gzip", 0] > sizes["gzip", 9], "gzip level 0 stores, 9 compresses"
 
 
 def test_indexed_binary_offsets_and_sizes(tmp_path: Path) -> None:
@@ -242,9 +344,10 @@ def test_peak_memory_stays_bounded_for_unet3d_sized_samples(tmp_path: Path) -> N
 
 def test_unsupported_encodings_are_clear_errors_that_leave_nothing_behind(tmp_path: Path) -> None:
     for fmt, extra, needle in [
-        ("hdf5", {"dataset.compression": "gzip"}, "dataset.compression"),
-        ("hdf5", {"dataset.hdf5.chunk_dims": [1, 8, 8]}, "chunk_dims"),
-        ("csv", {"dataset.compression": "bz2"}, "dataset.compression bz2"),
+        ("hdf5", {"dataset.compression": "bz2"}, "dataset.compression bz2"),
+        ("hdf5", {"dataset.hdf5.chunk_dims": [1, 8]}, "chunk_dims"),
+        ("hdf5", {"dataset.hdf5.max_shape": [1, 8, 8]}, "max_shape"),
+        ("csv", {"dataset.compression": "lzf"}, "dataset.compression lzf"),
     ]:
         with pytest.raises(dl_driver.FormatError, match=needle) as e:
             dataset(tmp_path / fmt / needle.replace(" ", "_"), fmt, **extra)

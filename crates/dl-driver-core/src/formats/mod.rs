@@ -165,24 +165,62 @@ impl Write for SinkWriter<'_> {
     }
 }
 
-/// csv: `samples` identical rows of prod(shape) comma-separated values, no header, no index (DLIO's pandas call);
-/// gzip-compressed when `dataset.compression` is gzip (the key then ends in `.gz`).
+/// csv: `samples` identical rows of prod(shape) comma-separated values, no header, no index (DLIO's pandas call),
+/// compressed as pandas' `to_csv(compression=...)` writes it when `dataset.compression` is gzip, bz2 or xz (one
+/// stream; the key ends in `.gz`, `.bz2`, `.xz`) or zip (the key ends in `.zip`: an archive of one deflated member
+/// named as the file without `.zip`). Encoders write into the sink as they produce, so memory stays bounded.
 fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mut dyn Sink) -> io::Result<()> {
+    // `dataset.compression_level` (validated 0-9) clamped into each codec's range, as for gzip.
+    let level = config.dataset.compression_level.min(9) as u32;
+    match config.dataset.compression {
+        Compression::None => csv_rows(config, spec, data, SinkWriter(sink)).map(drop),
+        Compression::Gzip => {
+            let gz = flate2::write::GzEncoder::new(SinkWriter(sink), flate2::Compression::new(level));
+            csv_rows(config, spec, data, gz)?.finish().map(drop)
+        }
+        Compression::Bz2 => {
+            let bz = bzip2::write::BzEncoder::new(SinkWriter(sink), bzip2::Compression::new(level.clamp(1, 9)));
+            csv_rows(config, spec, data, bz)?.finish().map(drop)
+        }
+        Compression::Xz => {
+            let xz = lzma_rust2::XzWriter::new(SinkWriter(sink), lzma_rust2::XzOptions::with_preset(level))?;
+            csv_rows(config, spec, data, xz)?.finish().map(drop)
+        }
+        Compression::Zip => {
+            let file = spec.key.rsplit('/').next().unwrap_or(&spec.key);
+            let mut zip = npy::ZipStream::new(sink);
+            zip.begin(file.strip_suffix(".zip").unwrap_or(file), true)?;
+            csv_rows(config, spec, data, ZipMember(&mut zip))?;
+            zip.end()?;
+            zip.finish()
+        }
+        Compression::Lzf => Err(unsupported(
+            "dataset.compression lzf for csv: expected none, gzip, bz2, xz or zip (DLIO writes csv with pandas, which \
+             has no lzf codec; lzf is an hdf5 filter)"
+                .into(),
+        )),
+    }
+}
+
+/// Writes the data of the current member of a zip being streamed.
+struct ZipMember<'z, 'a>(&'z mut npy::ZipStream<'a>);
+
+impl Write for ZipMember<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.data(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the csv text of [`write_csv`] into `out` (through a buffer) and returns `out`, flushed, for finishing.
+fn csv_rows<W: Write>(config: &Config, spec: &FileSpec, data: &mut SampleBytes, out: W) -> io::Result<W> {
     let values = spec.shape.iter().product::<u64>();
     let kind = config.dataset.record_element_type.as_str();
-    let mut out: Box<dyn Write + '_> = match config.dataset.compression {
-        Compression::None => Box::new(io::BufWriter::with_capacity(CHUNK, SinkWriter(sink))),
-        Compression::Gzip => Box::new(io::BufWriter::with_capacity(
-            CHUNK,
-            flate2::write::GzEncoder::new(
-                SinkWriter(sink),
-                flate2::Compression::new(config.dataset.compression_level.min(9) as u32),
-            ),
-        )),
-        other => {
-            return Err(unsupported(format!("dataset.compression {other} for csv: dl-driver writes gzip or none")))
-        }
-    };
+    let mut out = io::BufWriter::with_capacity(CHUNK, out);
     let row_seed = data.fork();
     let mut bytes = vec![0u8; CHUNK.min(usize::try_from(values).unwrap_or(CHUNK))];
     let mut text = String::with_capacity(bytes.len() * 4);
@@ -211,7 +249,7 @@ fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
         }
         out.write_all(b"\n")?;
     }
-    out.flush()
+    out.into_inner().map_err(io::IntoInnerError::into_error)
 }
 
 /// jpeg / png: one 8-bit grayscale image of d1 rows by d2 columns per file (Pillow's defaults: JPEG quality 75).

@@ -111,13 +111,19 @@ pub fn decode(format: Format, bytes: &[u8], key: &str) -> io::Result<u64> {
     }
 }
 
-/// pandas reads the whole text, gunzipping `.csv.gz`: the decoded text's size.
+/// pandas reads the whole text, decompressing `.csv.gz`, `.csv.bz2` and `.csv.xz` (known by their magic numbers): the
+/// decoded text's size. A `.csv.zip` is read whole and counts as its file's size.
 fn csv_bytes(bytes: &[u8], key: &str) -> io::Result<u64> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
+    let (decoded, codec) = if bytes.starts_with(&[0x1f, 0x8b]) {
+        (io::copy(&mut flate2::read::MultiGzDecoder::new(bytes), &mut io::sink()), "gzip")
+    } else if bytes.starts_with(b"BZh") {
+        (io::copy(&mut bzip2::read::MultiBzDecoder::new(bytes), &mut io::sink()), "bzip2")
+    } else if bytes.starts_with(b"\xfd7zXZ\x00") {
+        (io::copy(&mut lzma_rust2::XzReader::new(bytes, true), &mut io::sink()), "xz")
+    } else {
         return Ok(bytes.len() as u64);
-    }
-    let mut decoder = flate2::read::MultiGzDecoder::new(bytes);
-    io::copy(&mut decoder, &mut io::sink()).map_err(|e| invalid(format!("{key}: corrupt gzip stream: {e}")))
+    };
+    decoded.map_err(|e| invalid(format!("{key}: corrupt {codec} stream: {e}")))
 }
 
 fn magic(bytes: &[u8], expected: &[u8], what: &str, key: &str) -> io::Result<u64> {
@@ -442,6 +448,46 @@ mod tests {
         let e = npy_array_bytes(&file[..file.len() - 1], "a.npy").unwrap_err();
         assert!(e.to_string().contains("a.npy: the array of shape [2, 3, 4] needs 96 bytes"), "{e}");
         assert!(npy_array_bytes(b"PK\x03\x04junkjunk", "a.npy").unwrap_err().to_string().contains("magic"));
+    }
+
+    #[test]
+    fn compressed_csv_decodes_to_the_plain_text() {
+        struct Bytes(Vec<u8>);
+        impl crate::formats::Sink for Bytes {
+            fn write(&mut self, data: &[u8]) -> io::Result<()> {
+                self.0.extend_from_slice(data);
+                Ok(())
+            }
+        }
+        use crate::config::Compression as C;
+        let write = |compression: C| {
+            let mut c = crate::config::Config::default();
+            c.dataset.format = Format::Csv;
+            c.dataset.compression = compression;
+            c.dataset.num_samples_per_file = 3;
+            c.dataset.record_length_bytes = 4096.0;
+            let spec = crate::generate::layout::dataset_files(&c, 0, 1).remove(0);
+            let mut data = crate::generate::data::SampleBytes::new(7, 1.0, 1.0);
+            let mut sink = Bytes(Vec::new());
+            crate::formats::write_file(&c, &spec, &mut data, &mut sink).map(|_| (spec.key, sink.0))
+        };
+        let (key, plain) = write(C::None).unwrap();
+        assert!(key.ends_with("_of_8.csv") && plain.ends_with(b"\n"), "{key}");
+        for (compression, suffix) in [(C::Gzip, ".csv.gz"), (C::Bz2, ".csv.bz2"), (C::Xz, ".csv.xz")] {
+            let (key, mut file) = write(compression).unwrap();
+            assert!(key.ends_with(suffix), "{key}");
+            assert_eq!(decode(Format::Csv, &file, &key).unwrap(), plain.len() as u64, "{key}");
+            let middle = file.len() / 2;
+            file[middle] ^= 0x55;
+            assert!(decode(Format::Csv, &file, &key).is_err(), "{key}: a damaged stream is an error");
+        }
+        let (key, zip) = write(C::Zip).unwrap();
+        assert!(key.ends_with(".csv.zip") && zip.starts_with(b"PK\x03\x04"), "{key}");
+        let name = key.rsplit('/').next().unwrap().strip_suffix(".zip").unwrap();
+        assert_eq!(&zip[30..30 + name.len()], name.as_bytes(), "the one member is the file name without .zip");
+        assert_eq!(decode(Format::Csv, &zip, &key).unwrap(), zip.len() as u64);
+        let e = write(C::Lzf).unwrap_err().to_string();
+        assert!(e.contains("dataset.compression lzf") && e.contains("expected none, gzip, bz2, xz or zip"), "{e}");
     }
 
     #[test]

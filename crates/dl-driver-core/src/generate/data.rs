@@ -6,6 +6,7 @@
 pub const BLOCK: usize = 4096;
 
 /// A deterministic stream of sample bytes.
+#[derive(Clone)]
 pub struct SampleBytes {
     seed: u64,
     block: u64,

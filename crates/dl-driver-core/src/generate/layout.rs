@@ -38,11 +38,14 @@ pub struct FileSpec {
     pub samples: u64,
 }
 
-/// The file extension: the format's name, plus `.gz` for gzip-compressed csv.
+/// The file extension: the format's name, plus `.gz`, `.bz2`, `.xz` or `.zip` for compressed csv (pandas' suffixes).
 pub fn extension(config: &Config) -> String {
     let d = &config.dataset;
     match (d.format, d.compression) {
         (Format::Csv, Compression::Gzip) => "csv.gz".into(),
+        (Format::Csv, Compression::Bz2) => "csv.bz2".into(),
+        (Format::Csv, Compression::Xz) => "csv.xz".into(),
+        (Format::Csv, Compression::Zip) => "csv.zip".into(),
         (format, _) => format.as_str().into(),
     }
 }
