@@ -162,6 +162,8 @@ def test_chunked_and_gzip_hdf5_open_in_h5py_and_train(tmp_path: Path) -> None:
         # DLIO 2.0.0's keys: (1, c, c) chunks with c = ceil(sqrt(chunk_size)); 3 x 18 x 18 chunks need a 2-level index.
         "dlio": ({"dataset.enable_chunking": True, "dataset.chunk_size": 1000}, (1, 32, 32), None),
         "dims": ({"dataset.hdf5.chunk_dims": [2, 100, 64], "dataset.hdf5.max_shape": [8, 547, 600]}, (2, 100, 64), None),
+        # 4 x 69 x 69 chunks: a 3-level index (298 leaves, 5 inner nodes, the root).
+        "deep": ({"dataset.hdf5.chunk_dims": [1, 8, 8]}, (1, 8, 8), None),
         "gzip": ({"dataset.compression": "gzip", "dataset.compression_level": 6}, (1, 547, 547), "gzip"),
         "gzip-compressible": ({"dataset.compression": "gzip", "dataset.compress_ratio": 4.0}, (1, 547, 547), "gzip"),
         "lzf-compressible": ({"dataset.compression": "lzf", "dataset.compress_ratio": 4.0}, (1, 547, 547), "lzf"),
