@@ -355,6 +355,9 @@ fn chunk_shape(
                 chunk[axis] = chunk[axis].div_ceil(2);
             }
         }
+        // Small samples: several per chunk, up to the target size.
+        let sample_bytes = chunk[1..].iter().product::<u64>() * element_size;
+        chunk[0] = (AUTO_CHUNK_BYTES / sample_bytes.max(1)).clamp(1, extent(0));
         chunk
     } else {
         return Ok(None);

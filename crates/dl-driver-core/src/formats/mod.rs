@@ -59,6 +59,9 @@ pub struct Companion {
     pub bytes: Vec<u8>,
 }
 
+/// Highest xz preset used (pandas' default): presets 7-9 need 0.2-0.7 GiB of encoder memory per file being written.
+const MAX_XZ_PRESET: u32 = 6;
+
 /// Chunk in which sample bytes are produced and handed to the sink.
 const CHUNK: usize = 4 * 1024 * 1024;
 
@@ -183,7 +186,10 @@ fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
             csv_rows(config, spec, data, bz)?.finish().map(drop)
         }
         Compression::Xz => {
-            let xz = lzma_rust2::XzWriter::new(SinkWriter(sink), lzma_rust2::XzOptions::with_preset(level))?;
+            let xz = lzma_rust2::XzWriter::new(
+                SinkWriter(sink),
+                lzma_rust2::XzOptions::with_preset(level.min(MAX_XZ_PRESET)),
+            )?;
             csv_rows(config, spec, data, xz)?.finish().map(drop)
         }
         Compression::Zip => {

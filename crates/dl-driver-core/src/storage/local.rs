@@ -290,11 +290,16 @@ impl TempWriter {
         Ok(())
     }
 
-    fn commit(self) -> io::Result<u64> {
-        if self.direct || (self.preallocated && self.file.metadata()?.len() != self.len) {
-            // O_DIRECT wrote whole blocks, a reservation may be longer than the data: cut to the real size.
+    /// Cuts the file to the data written: O_DIRECT wrote whole blocks, a reservation may be longer than the data.
+    fn trim(&self) -> io::Result<()> {
+        if (self.direct || self.preallocated) && self.file.metadata()?.len() != self.len {
             self.file.set_len(self.len)?;
         }
+        Ok(())
+    }
+
+    fn commit(self) -> io::Result<u64> {
+        self.trim()?;
         fs::rename(&self.temp, &self.target)?;
         Ok(self.len)
     }
@@ -429,6 +434,8 @@ impl FileWriter {
             self.buf.set_len(0);
         }
         if fsync {
+            // The size is final before the flush, so a synced file never comes back padded.
+            self.temp.trim()?;
             self.temp.file.sync_all()?;
         }
         Ok(())

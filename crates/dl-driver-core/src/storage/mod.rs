@@ -69,11 +69,6 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
         }
         Scheme::S3 => {
             let mut b = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
-            // Request bodies are not hashed into the signature unless asked (`unsigned_payload: false`): SHA-256 of
-            // every part cost ~8% of upload throughput, and what dl-driver stores carries its own checksums.
-            if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
-                b = b.with_unsigned_payload(true);
-            }
             let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
             for (key, value) in backend_options(options) {
                 // DLIO's `s3_force_path_style: true` means path-style requests (object_store's default); `false`
@@ -93,6 +88,13 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
             }
             if endpoint.as_deref().is_some_and(options::is_loopback_http) && options.get("allow_http").is_none() {
                 b = b.with_allow_http(true);
+            }
+            // As AWS's SDKs do: over HTTPS the body is not hashed into the signature (TLS protects it; SHA-256 of
+            // every part cost ~8% of upload throughput), over plain HTTP it is. `unsigned_payload` decides otherwise.
+            let https = endpoint.as_deref().is_none_or(|e| e.starts_with("https://"));
+            let asked = ["unsigned_payload", "aws_unsigned_payload"].iter().any(|k| options.get(k).is_some());
+            if https && !asked && std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
+                b = b.with_unsigned_payload(true);
             }
             (Arc::new(b.build().map_err(|e| build_error(&e))?), None, key_path(&shown, &uri.path)?)
         }
