@@ -34,6 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -276,6 +278,15 @@ def empty_prefix(client: BaseClient, prefix: str) -> None:
             client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
 
 
+def vacuum(endpoint: str) -> None:
+    """Has SeaweedFS reclaim the space of deleted objects now (its master listens on the S3 port + 1): it keeps it
+    until a vacuum, so without this every write lands on a fuller server (rates drifted down ~15% over a run, and
+    repeated runs filled the disk)."""
+    url = urllib.parse.urlsplit(endpoint)
+    master = f"{url.scheme}://{url.hostname}:{url.port + 1}"
+    urllib.request.urlopen(f"{master}/vol/vacuum?garbageThreshold=0.01", timeout=300).read()
+
+
 def s3_options(endpoint: str) -> dict[str, str]:
     return {"endpoint_url": endpoint, "access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
             "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"], "region": "us-east-1"}
@@ -294,10 +305,12 @@ def s3_cases(dl_driver: str, endpoint: str, work: Path, size: int, repeats: int)
 
     def ours_step() -> float:
         empty_prefix(client, "dl-driver/")
+        vacuum(endpoint)
         return dl_driver_save(ours, out)
 
     def multipart_step() -> float:
         empty_prefix(client, "s3dlio-multipart/")
+        vacuum(endpoint)
         start = time.perf_counter()
         uri = f"s3://{BUCKET}/s3dlio-multipart/model_states-0.pt"
         writer = s3dlio.MultipartUploadWriter.from_uri(uri, part_size=PART_SIZE, max_in_flight=PARTS_IN_FLIGHT)
@@ -307,12 +320,14 @@ def s3_cases(dl_driver: str, endpoint: str, work: Path, size: int, repeats: int)
 
     def store_step() -> float:
         empty_prefix(client, "s3dlio-store/")
+        vacuum(endpoint)
         start = time.perf_counter()
         s3dlio.PyCheckpointStore(f"s3://{BUCKET}/s3dlio-store").save(1, 1, "torch", payload)
         return size / (time.perf_counter() - start)
 
     rates = alternate([("dl-driver", ours_step), ("multipart", multipart_step), ("store", store_step)], repeats)
     empty_prefix(client, "")
+    vacuum(endpoint)
     label = f"s3:// SeaweedFS, {size / GIB:g} GiB, write"
     multipart = f"s3dlio MultipartUploadWriter ({PART_SIZE // MIB} MiB parts, {PARTS_IN_FLIGHT} in flight)"
     return [
@@ -352,7 +367,9 @@ def markdown(result: dict) -> str:
         "save's bytes / duration in dl_driver_report.json (start-up excluded). fio's rate is its own (its runtime "
         "includes `end_fsync`); DLIO's is the checkpoint file's bytes / per_epoch_stats.json `ckpt1` end - start; "
         "s3dlio's is timed around the call. Every case starts with one untimed round (s3dlio sets up its client "
-        "then). Each write first deletes that tool's previous checkpoint (as a job keeping one checkpoint would); "
+        "then). Before each S3 write the tool's previous objects are deleted and SeaweedFS is vacuumed, so every "
+        "write starts on the same server state. Over plain http both dl-driver and s3dlio hash each part into its "
+        "signature. Each write first deletes that tool's previous checkpoint (as a job keeping one checkpoint would); "
         "the fio and dl-driver writes then start right after the checkpoint's size + 1 GiB of memory was touched "
         "and freed: on this VM the first writes into memory the host has taken back (free page reporting, after a "
         "few idle seconds or a `drop_caches`) can run several times slower (fio measured 0.4 GiB/s in that state "
