@@ -153,8 +153,8 @@ const LOCAL_CHUNKS: usize = 4;
 const LOCAL_CHUNK: usize = 1024 * 1024;
 
 /// Produces and writes a local checkpoint file, flushed to the device when asked. Two threads overlap: this one
-/// produces (random bytes, zstd, CRC-32C) into a few small chunks while the other writes the previous ones, so a
-/// shard is produced and copied into the page cache at once instead of in turn.
+/// produces (random bytes, zstd, CRC-32C) into a few small pooled chunks while the other writes the previous ones, so
+/// a shard is produced and copied into the page cache at once instead of in turn.
 fn write_local(
     store: &Store,
     key: &str,
@@ -165,24 +165,18 @@ fn write_local(
     if options.zstd_level.is_none() {
         writer.preallocate(bytes);
     }
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<AlignedBuf>(LOCAL_CHUNKS);
-    let (free_tx, free_rx) = std::sync::mpsc::channel::<AlignedBuf>();
-    for _ in 0..LOCAL_CHUNKS {
-        free_tx.send(AlignedBuf::with_capacity(LOCAL_CHUNK)).expect("the receiver is here");
-    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(LOCAL_CHUNKS);
     let target = &mut writer;
     let (produced, written) = std::thread::scope(|scope| {
-        // The queues move into the threads: when either side stops, the other sees its queue closed.
+        // The receiver moves into the writing thread: if it stops, the producer's next hand-off fails.
         let writing = scope.spawn(move || {
-            for chunk in full_rx {
-                target.write(chunk.as_slice())?;
-                // The producer may be gone already (it sent its last chunk).
-                let _ = free_tx.send(chunk);
+            while let Some(chunk) = rx.blocking_recv() {
+                target.write(&chunk)?;
             }
             Ok::<_, io::Error>(())
         });
-        let mut sink = PipeSink { full: Some(full_tx), free: free_rx, current: None };
-        let produced = produce(bytes, options, &mut sink).and_then(|done| sink.close().map(|()| done));
+        let mut sink = ChannelSink::new(tx, BufferPool::new(LOCAL_CHUNK));
+        let produced = produce(bytes, options, &mut sink).and_then(|done| sink.flush().map(|()| done));
         drop(sink);
         (produced, writing.join().expect("the checkpoint writer thread does not panic"))
     });
@@ -192,76 +186,6 @@ fn write_local(
     let (crc, stored) = produced.map_err(|e| producing_failed(store, key, &e))?;
     let (_, latency) = writer.finish(options.fsync).map_err(|e| store.write_failed(key, &e))?;
     Ok((crc, stored, latency))
-}
-
-/// Hands full chunks to a writing thread through a bounded queue, reusing the chunks it gives back.
-struct PipeSink {
-    full: Option<std::sync::mpsc::SyncSender<AlignedBuf>>,
-    free: std::sync::mpsc::Receiver<AlignedBuf>,
-    current: Option<AlignedBuf>,
-}
-
-impl PipeSink {
-    fn stopped() -> io::Error {
-        io::Error::other("the checkpoint writer stopped")
-    }
-
-    /// The chunk being filled, with room in it.
-    fn current(&mut self) -> io::Result<&mut AlignedBuf> {
-        if self.current.is_none() {
-            let mut chunk = self.free.recv().map_err(|_| Self::stopped())?;
-            chunk.set_len(0);
-            self.current = Some(chunk);
-        }
-        Ok(self.current.as_mut().expect("set above"))
-    }
-
-    fn send_if_full(&mut self) -> io::Result<()> {
-        if self.current.as_ref().is_some_and(|c| c.len() == c.capacity()) {
-            self.send()?;
-        }
-        Ok(())
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        match (self.current.take(), &self.full) {
-            (Some(chunk), Some(full)) if !chunk.is_empty() => full.send(chunk).map_err(|_| Self::stopped()),
-            _ => Ok(()),
-        }
-    }
-
-    /// Sends the last, partly filled chunk and tells the writer that nothing follows.
-    fn close(&mut self) -> io::Result<()> {
-        self.send()?;
-        self.full = None;
-        Ok(())
-    }
-}
-
-impl Sink for PipeSink {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            let chunk = self.current()?;
-            let n = data.len().min(chunk.capacity() - chunk.len());
-            chunk.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            self.send_if_full()?;
-        }
-        Ok(())
-    }
-
-    fn fill(&mut self, mut len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
-        while len > 0 {
-            let chunk = self.current()?;
-            let start = chunk.len();
-            let n = (chunk.capacity() - start).min(usize::try_from(len).unwrap_or(usize::MAX));
-            produce(&mut chunk.spare_mut()[start..start + n]);
-            chunk.set_len(start + n);
-            len -= n as u64;
-            self.send_if_full()?;
-        }
-        Ok(())
-    }
 }
 
 /// Uploads a checkpoint object as a producer on a blocking thread makes its bytes; returns its CRC-32C and size.

@@ -192,6 +192,7 @@ struct Node {
 }
 
 /// The chunk grid of a dataset, and each chunk's stored size and filter mask.
+#[derive(Clone)]
 struct Chunks {
     dims: Vec<u64>,
     chunk: Vec<u64>,
@@ -434,14 +435,7 @@ pub fn write(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
     });
     let mut chunk_sets: Vec<Chunks> = Vec::new();
     if let Some(c) = chunks {
-        for _ in 0..set_count {
-            chunk_sets.push(Chunks {
-                dims: c.dims.clone(),
-                chunk: c.chunk.clone(),
-                element_size,
-                stored: c.stored.clone(),
-            });
-        }
+        chunk_sets = vec![c.clone(); set_count];
         if let Some(filter) = filter {
             // First pass: compress every chunk once to learn its stored size (same bytes as the second pass).
             let mut sizes = data.clone();

@@ -196,7 +196,7 @@ fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
             let file = spec.key.rsplit('/').next().unwrap_or(&spec.key);
             let mut zip = npy::ZipStream::new(sink);
             zip.begin(file.strip_suffix(".zip").unwrap_or(file), true)?;
-            csv_rows(config, spec, data, ZipMember(&mut zip))?;
+            csv_rows(config, spec, data, &mut zip)?;
             zip.end()?;
             zip.finish()
         }
@@ -205,20 +205,6 @@ fn write_csv(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
              has no lzf codec; lzf is an hdf5 filter)"
                 .into(),
         )),
-    }
-}
-
-/// Writes the data of the current member of a zip being streamed.
-struct ZipMember<'z, 'a>(&'z mut npy::ZipStream<'a>);
-
-impl Write for ZipMember<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.data(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -242,6 +242,18 @@ impl<'a> ZipStream<'a> {
     }
 }
 
+/// Writing appends to the current member (for encoders).
+impl io::Write for ZipStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.data(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

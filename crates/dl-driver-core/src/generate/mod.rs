@@ -217,8 +217,8 @@ impl Sink for Counted<'_> {
     }
 }
 
-/// Hands produced bytes to the uploader in chunks of [`HANDOFF`], blocking while the uploader is behind (used by
-/// generation and by the checkpoint writer).
+/// Hands produced bytes to a consumer in chunks of the pool's buffer size, blocking while the consumer is behind
+/// (used by generation and by the checkpoint writer).
 pub(crate) struct ChannelSink {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     pending: AlignedBuf,
@@ -251,11 +251,11 @@ impl Sink for ChannelSink {
     fn fill(&mut self, mut len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
         while len > 0 {
             let start = self.pending.len();
-            let n = (HANDOFF - start).min(usize::try_from(len).unwrap_or(usize::MAX));
+            let n = (self.pending.capacity() - start).min(usize::try_from(len).unwrap_or(usize::MAX));
             produce(&mut self.pending.spare_mut()[start..start + n]);
             self.pending.set_len(start + n);
             len -= n as u64;
-            if self.pending.len() == HANDOFF {
+            if self.pending.len() == self.pending.capacity() {
                 self.flush()?;
             }
         }
@@ -264,10 +264,10 @@ impl Sink for ChannelSink {
 
     fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = data.len().min(HANDOFF - self.pending.len());
+            let n = data.len().min(self.pending.capacity() - self.pending.len());
             self.pending.extend_from_slice(&data[..n]);
             data = &data[n..];
-            if self.pending.len() == HANDOFF {
+            if self.pending.len() == self.pending.capacity() {
                 self.flush()?;
             }
         }
