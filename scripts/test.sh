@@ -17,6 +17,8 @@ if ! scripts/servers.sh status >/dev/null; then
 fi
 eval "$(scripts/servers.sh env)"
 
+step "core module layers (no import cycle)"
+python3 scripts/check_layers.py
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"

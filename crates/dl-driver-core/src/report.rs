@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use chrono::{DateTime, Local};
+use chrono::Local;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -20,13 +20,8 @@ use crate::comm::Communicator;
 use crate::config::Config;
 use crate::metrics::{across_ranks, mean_stdev, LatencySummary};
 use crate::plan::Plan;
-use crate::plugins::CheckpointRecord;
-use crate::runner::{BlockRecord, RankRecord, RunError, RunOptions};
-
-/// DLIO's timestamp: local time with microseconds, no zone.
-pub fn timestamp(t: &DateTime<Local>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
-}
+pub use crate::records::timestamp;
+use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
 
 /// DLIO's console and log lines: rank 0 prints `[OUTPUT] {ts} message` to stdout and appends it to the log file.
 #[derive(Debug)]
@@ -35,13 +30,22 @@ pub struct Console {
     print: bool,
 }
 
-fn output_error(path: &Path, e: &std::io::Error) -> RunError {
-    RunError::Output(format!("output.folder: cannot write {}: {e}", path.display()))
+/// Why the run files or the cross-rank results could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("communicator: {0}")]
+    Comm(String),
+    #[error("{0}")]
+    Output(String),
+}
+
+fn output_error(path: &Path, e: &std::io::Error) -> ReportError {
+    ReportError::Output(format!("output.folder: cannot write {}: {e}", path.display()))
 }
 
 impl Console {
     /// Creates the output folder; rank 0 starts a fresh log file there.
-    pub fn open(config: &Config, rank: u64, print: bool) -> Result<Self, RunError> {
+    pub fn open(config: &Config, rank: u64, print: bool) -> Result<Self, ReportError> {
         let folder = PathBuf::from(&config.output.folder);
         fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
         if rank != 0 {
@@ -69,13 +73,13 @@ impl Console {
 }
 
 /// Writes the config (redacted) and the overrides to `dlio_config/`, as DLIO's Hydra run dir keeps them.
-pub fn save_config(config: &Config, options: &RunOptions, rank: u64) -> Result<(), RunError> {
+pub fn save_config(config: &Config, overrides: &[String], rank: u64) -> Result<(), ReportError> {
     if rank != 0 {
         return Ok(());
     }
     let folder = Path::new(&config.output.folder).join("dlio_config");
     fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
-    let overrides = options.overrides.iter().fold(String::new(), |mut text, o| {
+    let overrides = overrides.iter().fold(String::new(), |mut text, o| {
         let shown = crate::config::Override::parse(o).map_or_else(|_| o.clone(), |parsed| parsed.redacted_text());
         let _ = writeln!(text, "- {}", yaml_scalar(&shown));
         text
@@ -159,7 +163,7 @@ pub fn finish(
     comm: &dyn Communicator,
     console: &Console,
     record: &RankRecord,
-) -> Result<Report, RunError> {
+) -> Result<Report, ReportError> {
     let host = Host::probe();
     let share = RankShare {
         rank: record.rank,
@@ -178,10 +182,13 @@ pub fn finish(
         loads: checkpoints_of(record, "load"),
         interrupted: record.interrupted,
     };
-    let gathered = comm.all_gather(serde_json::to_string(&share).expect("shares serialize")).map_err(RunError::Comm)?;
+    let gathered =
+        comm.all_gather(serde_json::to_string(&share).expect("shares serialize")).map_err(ReportError::Comm)?;
     let ranks: Vec<RankShare> = gathered
         .iter()
-        .map(|s| serde_json::from_str(s).map_err(|e| RunError::Comm(format!("a rank sent an unreadable result: {e}"))))
+        .map(|s| {
+            serde_json::from_str(s).map_err(|e| ReportError::Comm(format!("a rank sent an unreadable result: {e}")))
+        })
         .collect::<Result<_, _>>()?;
     let folder = PathBuf::from(&config.output.folder);
     let write = |name: String, value: &Value| {
@@ -222,7 +229,7 @@ fn block_details(b: &BlockRecord) -> Value {
     json!({"duration": b.duration, "steps": b.steps.len(), "au": b.au, "throughput": b.throughput, "bytes_read": b.bytes_read})
 }
 
-fn epoch_details(e: &crate::runner::EpochRecord) -> Value {
+fn epoch_details(e: &EpochRecord) -> Value {
     json!({
         "epoch": e.epoch,
         "duration": e.duration,

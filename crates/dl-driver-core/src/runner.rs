@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local};
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::comm::Communicator;
 use crate::config::{Config, Distribution, Format, ReadType};
-use crate::generate::layout::{self, Split};
+use crate::layout::{self, Split};
 use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
 use crate::pipeline::{Pipeline, PipelineError, ReaderSpec, Readers};
 use crate::plan::Plan;
-use crate::plugins::{self, CheckpointRecord, Hook, HookError, Plugin, StepPoint};
+use crate::plugins::{self, Hook, HookError, Plugin, StepPoint};
+pub use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
 use crate::report::{self, Console};
 use crate::sampler::{Rng, Sampler, ShufflePolicy, PURPOSE_COMPUTE};
 use crate::storage::{self, StorageError, StorageOptions, Store};
@@ -38,8 +38,8 @@ pub enum RunError {
     Checkpoint(String),
     #[error("communicator: {0}")]
     Comm(String),
-    #[error("{0}")]
-    Output(String),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
 }
 
 /// Stops a run from another thread (Ctrl-C).
@@ -77,48 +77,6 @@ pub struct RunOptions {
     pub overrides: Vec<String>,
 }
 
-/// One metric block (or an evaluation) of one rank.
-#[derive(Debug, Clone, Serialize)]
-pub struct BlockRecord {
-    pub start: DateTime<Local>,
-    pub end: DateTime<Local>,
-    pub duration: f64,
-    pub steps: Vec<StepTimes>,
-    pub au: f64,
-    pub throughput: f64,
-    pub bytes_read: u64,
-}
-
-/// One epoch of one rank.
-#[derive(Debug, Clone, Serialize)]
-pub struct EpochRecord {
-    pub epoch: u64,
-    pub start: DateTime<Local>,
-    pub end: DateTime<Local>,
-    pub duration: f64,
-    pub blocks: Vec<BlockRecord>,
-    pub eval: Option<BlockRecord>,
-    /// Step-weighted over the blocks.
-    pub au: f64,
-    pub throughput: f64,
-    pub digest: String,
-    pub eval_digest: Option<String>,
-    pub repeated_samples: u64,
-    /// Checkpoints saved or loaded in this epoch, each with the number of the block it follows.
-    pub checkpoints: Vec<(usize, CheckpointRecord)>,
-}
-
-/// What one rank measured.
-#[derive(Debug, Clone)]
-pub struct RankRecord {
-    pub rank: u64,
-    pub start: DateTime<Local>,
-    pub end: DateTime<Local>,
-    pub epochs: Vec<EpochRecord>,
-    pub latency: StageLatencies,
-    pub interrupted: bool,
-}
-
 fn plugin_error((plugin, hook, message): HookError) -> RunError {
     RunError::Plugin { plugin, hook, message }
 }
@@ -141,7 +99,7 @@ pub async fn run(
     let console = Console::open(config, comm.rank(), options.console)?;
     let what = if training { "Training" } else { "Checkpointing" };
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
-    report::save_config(config, options, comm.rank())?;
+    report::save_config(config, &options.overrides, comm.rank())?;
     plugins::call(plugins, Hook::Initialize(plan), comm).await.map_err(plugin_error)?;
     let mut run = Loop::new(config, plan, options, comm, console);
     let mut result = match &train {
@@ -171,7 +129,7 @@ pub async fn run(
         latency: run.latency,
         interrupted: options.cancel.is_cancelled(),
     };
-    report::finish(config, plan, comm, &run.console, &record)
+    Ok(report::finish(config, plan, comm, &run.console, &record)?)
 }
 
 fn open_store(config: &Config) -> Result<Store, RunError> {

@@ -13,14 +13,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::formats::{Sink, SinkWriter};
-use crate::generate::data::SampleBytes;
-use crate::generate::ChannelSink;
 use crate::metrics::Latency;
+use crate::sink::data::SampleBytes;
+use crate::sink::ChannelSink;
+use crate::sink::{Sink, SinkWriter};
 use crate::storage::{AlignedBuf, BufferPool, StorageError, Store};
 
 /// Bytes handed from the producing thread to the uploader at a time (and read at a time).
-pub const CHUNK: usize = crate::generate::HANDOFF;
+pub const CHUNK: usize = crate::sink::HANDOFF;
 
 /// Why a checkpoint operation failed.
 #[derive(Debug, thiserror::Error)]

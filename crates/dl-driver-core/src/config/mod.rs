@@ -18,6 +18,7 @@ pub use distribution::Distribution;
 pub use error::{ConfigError, UnknownKey};
 pub use overrides::{Override, OverrideKind, Target};
 pub use schema::*;
+pub use validate::BUILT_IN_PLUGINS;
 pub use workloads::builtin_workload_names;
 
 /// Where a workload comes from.

@@ -2,7 +2,10 @@
 
 use super::error::ConfigError;
 use super::schema::{CheckpointCompression, Config, DataLoader, Format, Framework, Shuffle, StorageType};
-use crate::storage::{Scheme, StorageUri};
+use crate::uri::{Scheme, StorageUri};
+
+/// Names `plugins:` may list (the plugins built into the engine).
+pub const BUILT_IN_PLUGINS: [&str; 1] = ["checkpoint"];
 
 /// numpy dtype names accepted by `dataset.record_element_type`.
 pub const ELEMENT_TYPES: &[&str] =
@@ -59,10 +62,10 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
     };
 
     for (i, name) in c.plugins.iter().enumerate() {
-        if !crate::plugins::BUILT_IN.contains(&name.as_str()) {
+        if !BUILT_IN_PLUGINS.contains(&name.as_str()) {
             return err(
                 &format!("plugins[{i}]"),
-                format!("unknown plugin '{name}', expected one of: {}", crate::plugins::BUILT_IN.join(", ")),
+                format!("unknown plugin '{name}', expected one of: {}", BUILT_IN_PLUGINS.join(", ")),
             );
         }
     }

@@ -10,8 +10,8 @@ use std::io;
 
 use super::{element, fill_samples, Sink};
 use crate::config::{Compression, Config};
-use crate::generate::data::SampleBytes;
-use crate::generate::layout::FileSpec;
+use crate::layout::FileSpec;
+use crate::sink::data::SampleBytes;
 
 const UNDEFINED: u64 = u64::MAX;
 const SUPERBLOCK_LEN: u64 = 48;

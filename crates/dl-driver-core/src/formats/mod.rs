@@ -11,46 +11,10 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use crate::config::{Compression, Config, Format};
-use crate::generate::data::SampleBytes;
-use crate::generate::layout::FileSpec;
-
-/// Receives a file's bytes in order.
-pub trait Sink {
-    fn write(&mut self, data: &[u8]) -> io::Result<()>;
-
-    /// Appends `len` bytes that `produce` writes in place, in pieces (sinks with buffers of their own override this
-    /// so sample bytes are generated straight into them, without a copy).
-    fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
-        in_chunks(len, produce, &mut |chunk| self.write(chunk))
-    }
-}
-
-impl Sink for crate::storage::FileWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        crate::storage::FileWriter::write(self, data)
-    }
-
-    fn fill(&mut self, len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
-        crate::storage::FileWriter::fill(self, len, produce)
-    }
-}
-
-/// Produces `len` bytes through a reused chunk buffer, handing each piece to `consume`.
-fn in_chunks(
-    len: u64,
-    produce: &mut dyn FnMut(&mut [u8]),
-    consume: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut chunk = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
-    let mut left = len;
-    while left > 0 {
-        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        produce(&mut chunk[..n]);
-        consume(&chunk[..n])?;
-        left -= n as u64;
-    }
-    Ok(())
-}
+use crate::layout::FileSpec;
+use crate::sink::data::SampleBytes;
+use crate::sink::CHUNK;
+pub use crate::sink::{Sink, SinkWriter};
 
 /// A small file written beside a data file (e.g. an index), keyed relative to the data folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +25,6 @@ pub struct Companion {
 
 /// Highest xz preset used (pandas' default): presets 7-9 need 0.2-0.7 GiB of encoder memory per file being written.
 const MAX_XZ_PRESET: u32 = 6;
-
-/// Chunk in which sample bytes are produced and handed to the sink.
-const CHUNK: usize = 4 * 1024 * 1024;
 
 /// numpy's `descr` and the element size of a `dataset.record_element_type`.
 pub fn element(type_name: &str) -> (&'static str, u64) {
@@ -152,20 +113,6 @@ pub fn write_file(
         Format::Synthetic => sink.write(spec.combined.to_string().as_bytes())?,
     }
     Ok(Vec::new())
-}
-
-/// An [`io::Write`] over a [`Sink`], for encoders.
-pub struct SinkWriter<'a>(pub &'a mut dyn Sink);
-
-impl Write for SinkWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// csv: `samples` identical rows of prod(shape) comma-separated values, no header, no index (DLIO's pandas call),

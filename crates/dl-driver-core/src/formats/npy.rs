@@ -103,9 +103,9 @@ impl<'a> ZipStream<'a> {
     }
 
     /// Appends `len` sample bytes to the current member, generated in place when the member is stored.
-    pub fn samples(&mut self, data: &mut crate::generate::data::SampleBytes, len: u64) -> io::Result<()> {
+    pub fn samples(&mut self, data: &mut crate::sink::data::SampleBytes, len: u64) -> io::Result<()> {
         if self.deflater.is_some() {
-            return super::in_chunks(len, &mut |buf| data.fill(buf), &mut |chunk| self.data(chunk));
+            return crate::sink::in_chunks(len, &mut |buf| data.fill(buf), &mut |chunk| self.data(chunk));
         }
         let (member, crc) = self.current.as_mut().expect("samples() follows begin()");
         self.sink.fill(len, &mut |buf| {

@@ -453,7 +453,7 @@ mod tests {
     #[test]
     fn compressed_csv_decodes_to_the_plain_text() {
         struct Bytes(Vec<u8>);
-        impl crate::formats::Sink for Bytes {
+        impl crate::sink::Sink for Bytes {
             fn write(&mut self, data: &[u8]) -> io::Result<()> {
                 self.0.extend_from_slice(data);
                 Ok(())
@@ -466,8 +466,8 @@ mod tests {
             c.dataset.compression = compression;
             c.dataset.num_samples_per_file = 3;
             c.dataset.record_length_bytes = 4096.0;
-            let spec = crate::generate::layout::dataset_files(&c, 0, 1).remove(0);
-            let mut data = crate::generate::data::SampleBytes::new(7, 1.0, 1.0);
+            let spec = crate::layout::dataset_files(&c, 0, 1).remove(0);
+            let mut data = crate::sink::data::SampleBytes::new(7, 1.0, 1.0);
             let mut sink = Bytes(Vec::new());
             crate::formats::write_file(&c, &spec, &mut data, &mut sink).map(|_| (spec.key, sink.0))
         };

@@ -7,8 +7,8 @@ use std::io;
 
 use super::{fill_samples, sample_bytes, Companion, Sink};
 use crate::config::Config;
-use crate::generate::data::SampleBytes;
-use crate::generate::layout::FileSpec;
+use crate::layout::FileSpec;
+use crate::sink::data::SampleBytes;
 
 /// The masked CRC-32C TFRecord stores.
 pub fn masked_crc(data_crc: u32) -> u32 {

@@ -1,9 +1,8 @@
 //! Dataset generation in DLIO's layouts and formats: shapes drawn as DLIO draws them, files striped over ranks,
 //! bytes produced on worker threads and streamed to storage with bounded memory; files appear only when complete.
 
-pub mod data;
-pub mod layout;
-pub mod shapes;
+pub use crate::layout::{self, shapes};
+pub use crate::sink::data;
 
 use std::collections::HashSet;
 use std::io;
@@ -15,12 +14,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::config::Config;
-use crate::formats::{self, Sink};
-use crate::storage::{self, AlignedBuf, BufferPool, StorageError, StorageOptions, Store};
+use crate::formats;
+use crate::sink::{ChannelSink, Sink, HANDOFF};
+use crate::storage::{self, BufferPool, StorageError, StorageOptions, Store};
 use layout::FileSpec;
-
-/// Bytes handed from a producing thread to the uploader at a time.
-pub(crate) const HANDOFF: usize = 8 * 1024 * 1024;
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -214,64 +211,6 @@ impl Sink for Counted<'_> {
             produce(buf);
             progress.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         })
-    }
-}
-
-/// Hands produced bytes to a consumer in chunks of the pool's buffer size, blocking while the consumer is behind
-/// (used by generation and by the checkpoint writer).
-pub(crate) struct ChannelSink {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    pending: AlignedBuf,
-    pool: Arc<BufferPool>,
-}
-
-impl ChannelSink {
-    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Bytes>, pool: Arc<BufferPool>) -> Self {
-        Self { tx, pending: pool.take(), pool }
-    }
-
-    /// Sends what is pending (call once the last bytes are in).
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::replace(&mut self.pending, self.pool.take());
-        let chunk = BufferPool::lend(&self.pool, data);
-        self.tx.blocking_send(chunk).map_err(|_| io::Error::other("the upload stopped"))
-    }
-}
-
-impl Drop for ChannelSink {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::replace(&mut self.pending, AlignedBuf::with_capacity(0)));
-    }
-}
-
-impl Sink for ChannelSink {
-    fn fill(&mut self, mut len: u64, produce: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
-        while len > 0 {
-            let start = self.pending.len();
-            let n = (self.pending.capacity() - start).min(usize::try_from(len).unwrap_or(usize::MAX));
-            produce(&mut self.pending.spare_mut()[start..start + n]);
-            self.pending.set_len(start + n);
-            len -= n as u64;
-            if self.pending.len() == self.pending.capacity() {
-                self.flush()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            let n = data.len().min(self.pending.capacity() - self.pending.len());
-            self.pending.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.pending.len() == self.pending.capacity() {
-                self.flush()?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -16,10 +16,10 @@ use crate::checkpoint::manifest::{self, Manifest};
 use crate::checkpoint::sizing::rank_files;
 use crate::checkpoint::stream::{self, FileEntry, WriteOptions, CHUNK};
 use crate::config::{CheckpointCompression, Config};
-use crate::generate::data::mix;
 use crate::metrics::Latency;
 use crate::plan::{CheckpointPlan, Plan};
-use crate::report::timestamp;
+use crate::records::timestamp;
+use crate::sink::data::mix;
 use crate::storage::{self, BufferPool, StorageOptions, Store};
 
 /// Saves and loads DLIO-shaped checkpoints.

@@ -5,16 +5,12 @@
 
 pub mod checkpoint;
 
-use std::time::Instant;
-
 use async_trait::async_trait;
-use chrono::{DateTime, Local};
-use serde::Serialize;
 
 use crate::comm::Communicator;
 use crate::config::Config;
-use crate::metrics::Latency;
 use crate::plan::Plan;
+pub use crate::records::CheckpointRecord;
 
 /// Where the loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,27 +20,6 @@ pub struct StepPoint {
     pub step: u64,
     /// Steps since the run started, from 1.
     pub global_step: u64,
-}
-
-/// A checkpoint saved or loaded by this rank, reported to the runner for the metrics and run files.
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckpointRecord {
-    /// `save` or `load`.
-    pub kind: &'static str,
-    pub name: String,
-    pub epoch: u64,
-    pub step: u64,
-    pub start: DateTime<Local>,
-    #[serde(skip)]
-    pub started: Instant,
-    pub end: DateTime<Local>,
-    pub duration: f64,
-    /// This rank's tensor bytes, and bytes on storage.
-    pub bytes: u64,
-    pub stored_bytes: u64,
-    pub files: u64,
-    #[serde(skip)]
-    pub part_latency: Latency,
 }
 
 /// What a hook may use and report.
@@ -135,7 +110,7 @@ pub async fn call(
 }
 
 /// Names `plugins:` may list.
-pub const BUILT_IN: [&str; 1] = ["checkpoint"];
+pub use crate::config::BUILT_IN_PLUGINS as BUILT_IN;
 
 /// The plugins a config asks for: the checkpoint plugin when `workflow.checkpoint` (which `plugins: [checkpoint]`
 /// also sets; validation rejects unknown names).

@@ -6,7 +6,6 @@ mod buffer;
 mod error;
 mod local;
 mod options;
-mod uri;
 
 use std::io;
 use std::ops::Range;
@@ -22,11 +21,11 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
+pub use crate::uri::{Scheme, StorageUri};
 pub use buffer::{AlignedBuf, BufferPool, ALIGN};
 pub use error::StorageError;
 pub use local::{FileWriter, LocalStore};
 pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
-pub use uri::{Scheme, StorageUri};
 
 /// An object as listed: its key relative to the store's location, and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,9 +2,10 @@
 //! width of S), file names `{prefix}_{i:0N}_of_{n}.{ext}` with N the width of n, and rank striding (rank r writes
 //! files r, r + P, r + 2P, ...). Eval files continue the shape draws after the train files (dlio.md §2, §9).
 
-use crate::config::{Compression, Config, Format};
+pub mod shapes;
 
-use super::shapes::file_shapes;
+use crate::config::{Compression, Config, Format};
+use shapes::file_shapes;
 
 /// Which split a file belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
