@@ -239,6 +239,7 @@ print_env() {
 export DL_DRIVER_TEST_MOTO_ENDPOINT='$a:${want_port[moto]}'
 export DL_DRIVER_TEST_SEAWEED_ENDPOINT='$a:${want_port[seaweedfs]}'
 export DL_DRIVER_TEST_AZURITE_ENDPOINT='$a:${want_port[azurite]}/$azurite_account'
+export DL_DRIVER_TEST_AZURITE_BIN='$azurite_bin'
 export AWS_ACCESS_KEY_ID='$s3_key'
 export AWS_SECRET_ACCESS_KEY='$s3_key'
 export AWS_REGION='us-east-1'

@@ -27,7 +27,12 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 REPO = Path(__file__).resolve().parent.parent
-SERVER_VARIABLES = ("DL_DRIVER_TEST_MOTO_ENDPOINT", "DL_DRIVER_TEST_SEAWEED_ENDPOINT", "DL_DRIVER_TEST_AZURITE_ENDPOINT")
+SERVER_VARIABLES = (
+    "DL_DRIVER_TEST_MOTO_ENDPOINT",
+    "DL_DRIVER_TEST_SEAWEED_ENDPOINT",
+    "DL_DRIVER_TEST_AZURITE_ENDPOINT",
+    "DL_DRIVER_TEST_AZURITE_BIN",
+)
 
 
 @pytest.fixture(scope="session")

@@ -194,8 +194,8 @@ def free_port() -> int:
 
 
 def start_azurite(location: Path, port: int) -> subprocess.Popen[bytes]:
-    azurite = Path(os.environ.get("DL_DRIVER_CACHE", "/var/cache/dl-driver")) / "azurite/node_modules/.bin/azurite-blob"
-    process = subprocess.Popen([str(azurite), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
+    azurite = os.environ["DL_DRIVER_TEST_AZURITE_BIN"]  # set by scripts/servers.sh env (the servers fixture), under its cache
+    process = subprocess.Popen([azurite, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
                                 "--skipApiVersionCheck", "--loose", "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         with socket.socket() as s:
