@@ -12,13 +12,26 @@ import re
 import sys
 from pathlib import Path
 
-GROUP = re.compile(r"\bcrate::\{([^}]*(?:\{[^}]*\}[^}]*)*)\}", re.S)
+GROUP_START = re.compile(r"\bcrate::\{")
 PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 
 
 def module_of(src: Path, file: Path) -> str:
     rel = file.relative_to(src)
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def groups(text: str) -> list[str]:
+    """The bodies of every `crate::{...}` group, nested braces and all."""
+    bodies = []
+    for match in GROUP_START.finditer(text):
+        depth, start = 1, match.end()
+        for end in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                bodies.append(text[start:end])
+                break
+    return bodies
 
 
 def group_heads(body: str) -> set[str]:
@@ -50,7 +63,7 @@ def edges(src: Path) -> dict[str, dict[str, list[str]]]:
             continue
         text = re.sub(r"//[^\n]*", "", file.read_text())
         targets = set(PATH.findall(text))
-        for body in GROUP.findall(text):
+        for body in groups(text):
             targets |= group_heads(body)
         for target in targets & modules - {this}:
             graph.setdefault(this, {}).setdefault(target, []).append(str(file.relative_to(src)))

@@ -29,6 +29,7 @@ def test_core_modules_have_no_import_cycle() -> None:
     [
         ("config/validate.rs", "use crate::plugins::BUILT_IN;", "config -> plugins"),
         ("formats/npy.rs", "use crate::{comm, generate::GenerateOptions};", "formats -> generate"),
+        ("layout/shapes.rs", "use crate::{config::{self, Config}, sink::{data::{mix}}, runner};", "layout -> runner"),
         ("records.rs", "fn upward() { let _ = crate::report::timestamp; }", "records -> report"),
         ("storage/options.rs", "#[cfg(test)]\nmod t { use crate::pipeline::Pipeline; }", "storage -> pipeline"),
     ],

@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::Latency;
 use crate::sink::data::SampleBytes;
-use crate::sink::ChannelSink;
-use crate::sink::{Sink, SinkWriter};
+use crate::sink::{ChannelSink, Sink, SinkWriter};
 use crate::storage::{AlignedBuf, BufferPool, StorageError, Store};
 
 /// Bytes handed from the producing thread to the uploader at a time (and read at a time).
