@@ -303,6 +303,34 @@ impl Default for Hdf5 {
     }
 }
 
+impl Hdf5 {
+    /// HDF5's limit on the dimensions of a dataset (`H5S_MAX_RANK`).
+    pub const MAX_RANK: usize = 32;
+    /// The most chunks one `records_*` dataset may have: dl-driver keeps each chunk's index entry in memory while
+    /// writing (16 bytes each), and h5py walks them all on open; 2^24 chunks is 256 MiB of index.
+    pub const MAX_CHUNKS: u64 = 1 << 24;
+
+    /// The shape of each `records_*` dataset of a file of `samples` samples of `shape` (samples first): DLIO drops a
+    /// leading 1 of the shape and splits its first dimension over `num_dset_per_record` datasets.
+    pub fn records_dims(&self, samples: u64, shape: &[u64]) -> Vec<u64> {
+        let mut dims = vec![samples];
+        match shape {
+            [1, rest @ ..] if !rest.is_empty() => dims.extend_from_slice(rest),
+            [first, rest @ ..] => {
+                dims.push(first / self.num_dset_per_record.max(1));
+                dims.extend_from_slice(rest);
+            }
+            [] => {}
+        }
+        dims
+    }
+
+    /// How many chunks of `chunk` (sides capped at `dims`) tile `dims`; `None` past u64.
+    pub fn chunk_count(dims: &[u64], chunk: &[u64]) -> Option<u64> {
+        dims.iter().zip(chunk).try_fold(1u64, |n, (d, c)| n.checked_mul(d.div_ceil((*c).clamp(1, (*d).max(1)))))
+    }
+}
+
 /// `reader:` (DLIO 2.0.0: `data_reader:`) the input pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -1,7 +1,7 @@
 //! Checks DLIO treats as errors, plus dl-driver's own range checks; and where the data and checkpoints live.
 
 use super::error::ConfigError;
-use super::schema::{CheckpointCompression, Config, DataLoader, Format, Framework, Shuffle, StorageType};
+use super::schema::{CheckpointCompression, Config, DataLoader, Format, Framework, Hdf5, Shuffle, StorageType};
 use crate::uri::{Scheme, StorageUri};
 
 /// Names `plugins:` may list (the plugins built into the engine).
@@ -298,6 +298,46 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
                     c.dataset.hdf5.num_dset_per_record
                 ),
             );
+        }
+    }
+    if c.dataset.format == Format::Hdf5 && !c.dataset.record_dims.is_empty() {
+        let h = &c.dataset.hdf5;
+        let dims = h.records_dims(c.dataset.num_samples_per_file, &c.dataset.record_dims);
+        if dims.len() > Hdf5::MAX_RANK {
+            return err(
+                "dataset.record_dims",
+                format!(
+                    "got {} dims {:?}: with the sample axis the records datasets would have {} dimensions, HDF5 \
+                     allows at most {}",
+                    c.dataset.record_dims.len(),
+                    c.dataset.record_dims,
+                    dims.len(),
+                    Hdf5::MAX_RANK
+                ),
+            );
+        }
+        if !h.chunk_dims.is_empty() {
+            if h.chunk_dims.len() != dims.len() || h.chunk_dims.contains(&0) {
+                return err(
+                    "dataset.hdf5.chunk_dims",
+                    format!(
+                        "got {:?}, expected {} positive sizes, one per dimension of the records datasets {dims:?}",
+                        h.chunk_dims,
+                        dims.len()
+                    ),
+                );
+            }
+            if Hdf5::chunk_count(&dims, &h.chunk_dims).is_none_or(|n| n > Hdf5::MAX_CHUNKS) {
+                return err(
+                    "dataset.hdf5.chunk_dims",
+                    format!(
+                        "got {:?}: chunks that small tile the records datasets {dims:?} in more than {} chunks, \
+                         whose index would not fit in memory; use larger chunks",
+                        h.chunk_dims,
+                        Hdf5::MAX_CHUNKS
+                    ),
+                );
+            }
         }
     }
     if c.reader.data_loader_classname.is_some() && c.reader.data_loader_sampler.is_none() {

@@ -9,7 +9,7 @@
 use std::io;
 
 use super::{element, fill_samples, Sink};
-use crate::config::{Compression, Config};
+use crate::config::{Compression, Config, Hdf5};
 use crate::layout::FileSpec;
 use crate::sink::data::SampleBytes;
 
@@ -363,6 +363,13 @@ fn chunk_shape(
     } else {
         return Ok(None);
     };
+    if Hdf5::chunk_count(dims, &chunk).is_none_or(|n| n > Hdf5::MAX_CHUNKS) {
+        return Err(invalid(format!(
+            "HDF5 chunks of {chunk:?} elements tile the records datasets {dims:?} in more than {} chunks \
+             (dataset.hdf5.chunk_dims / dataset.chunk_size): use larger chunks",
+            Hdf5::MAX_CHUNKS
+        )));
+    }
     let bytes = chunk.iter().product::<u64>() * element_size;
     if d.compression != Compression::None && bytes > MAX_CHUNK_BYTES {
         return Err(invalid(format!(
@@ -406,15 +413,14 @@ pub fn write(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
         usize::try_from(sets).map_err(|_| invalid(format!("dataset.hdf5.num_dset_per_record {sets}: too many")))?;
     let type_name = d.record_element_type.as_str();
     let element_size = element(type_name).1;
-    let mut dims = vec![spec.samples];
-    match spec.shape.as_slice() {
-        // DLIO drops a leading 1 of record_dims and splits the first dimension over the datasets.
-        [1, rest @ ..] if !rest.is_empty() => dims.extend_from_slice(rest),
-        [first, rest @ ..] => {
-            dims.push(first / sets);
-            dims.extend_from_slice(rest);
-        }
-        [] => {}
+    let dims = d.hdf5.records_dims(spec.samples, &spec.shape);
+    if dims.len() > Hdf5::MAX_RANK {
+        return Err(invalid(format!(
+            "dataset.record_dims {:?}: the records datasets would have {} dimensions, HDF5 allows {}",
+            spec.shape,
+            dims.len(),
+            Hdf5::MAX_RANK
+        )));
     }
     let max_dims = if d.hdf5.max_shape.is_empty() {
         None

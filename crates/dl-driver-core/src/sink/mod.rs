@@ -34,6 +34,14 @@ impl Sink for FileWriter {
     }
 }
 
+/// A file built in memory (small files, tests).
+impl Sink for Vec<u8> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.extend_from_slice(data);
+        Ok(())
+    }
+}
+
 /// Produces `len` bytes through a reused chunk buffer, handing each piece to `consume`.
 pub(crate) fn in_chunks(
     len: u64,
