@@ -151,8 +151,30 @@ def test_python_plugins_see_the_hooks_in_order(tmp_path: Path) -> None:
             if step == 2:
                 raise ValueError("out of paper")
 
-    with pytest.raises(dl_driver.DlDriverError, match=r"plugin 'Broken' failed in after_step: ValueError: out of paper"):
+    # A Python plugin's exception comes back as itself (not a DlDriverError), with a note naming the hook.
+    with pytest.raises(ValueError) as raised:
         dl_driver.DlioRunner(cfg, plugins=[Broken()]).run_benchmark()
+    assert str(raised.value) == "out of paper"
+    assert raised.value.__notes__ == ["raised by plugin 'Broken' in after_step"]
+
+
+def test_a_checkpoint_failure_inside_a_run_keeps_its_type(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoint folder should be")
+    cfg = training(tmp_path, str(blocker / "ckpt"))
+    with pytest.raises(dl_driver.StorageError, match=r"plugin 'checkpoint' failed in after_step: .*not-a-folder/ckpt") as raised:
+        dl_driver.DlioRunner(cfg).run_benchmark()
+    assert not isinstance(raised.value, FileNotFoundError)
+    # A corrupt checkpoint read back by a checkpoint-only run is a CheckpointError.
+    only = {"workflow.train": False, "checkpoint.num_checkpoints_write": 1, "checkpoint.num_checkpoints_read": 0}
+    dl_driver.DlioRunner(training(tmp_path, **only)).run_benchmark()
+    shard = tmp_path / "ckpt" / "global_epoch1_step1" / "model_states-0.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    reading = {**only, "checkpoint.num_checkpoints_write": 0, "checkpoint.num_checkpoints_read": 1}
+    with pytest.raises(dl_driver.CheckpointError, match=r"plugin 'checkpoint' failed in checkpoint_only: .*model_states-0.pt"):
+        dl_driver.DlioRunner(training(tmp_path, **reading)).run_benchmark()
 
 
 def test_checkpoint_command_lists_verifies_and_deletes(cli, tmp_path: Path) -> None:
@@ -206,6 +228,16 @@ def start_azurite(location: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("azurite did not start")
 
 
+def staged_blobs(endpoint: str, container: str, prefix: str) -> list[str]:
+    """Blobs under `prefix` with blocks staged but not committed yet (an upload in flight), or committed."""
+    from azure.storage.blob import BlobServiceClient
+    from test_storage_conformance import AZURITE_KEY
+
+    service = BlobServiceClient(account_url=endpoint, credential={"account_name": "devstoreaccount1", "account_key": AZURITE_KEY})
+    blobs = service.get_container_client(container).list_blobs(name_starts_with=prefix, include=["uncommittedblobs"])
+    return [b.name for b in blobs]
+
+
 def test_a_server_dying_mid_checkpoint_leaves_the_previous_one_intact(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from test_storage_conformance import AZURITE_KEY, azure_container
 
@@ -230,7 +262,9 @@ def test_a_server_dying_mid_checkpoint_leaves_the_previous_one_intact(tmp_path: 
         while not listed(folder, options):  # the first checkpoint is complete
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()
             time.sleep(0.05)
-        time.sleep(0.5)  # the second one is under way
+        while not staged_blobs(endpoint, "crash", "ckpt/global_epoch1_step2/"):  # the second one is under way
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.05)
         server.send_signal(signal.SIGTERM)  # a stopped server (Azurite saves its metadata on the way out)
         server.wait()
         _, stderr = run.communicate(timeout=120)
@@ -257,5 +291,5 @@ def test_a_read_only_run_reads_the_checkpoints_already_there(tmp_path: Path) -> 
         ("load", "global_epoch1_step1"), ("load", "global_epoch1_step2")]
     assert report.summary["metric"]["load_checkpoint_io_mean_GB_per_second"] > 0
     empty = training(tmp_path, **{**reading, "checkpoint.checkpoint_folder": str(tmp_path / "empty")})
-    with pytest.raises(dl_driver.DlDriverError, match=r"num_checkpoints_read is 2 but .*empty holds no complete checkpoint"):
+    with pytest.raises(dl_driver.ConfigError, match=r"num_checkpoints_read is 2 but .*empty holds no complete checkpoint"):
         dl_driver.DlioRunner(empty).run_benchmark()

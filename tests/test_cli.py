@@ -101,6 +101,17 @@ def test_errors_exit_2_with_the_key_named(cli, args: list[str], needle: str) -> 
     assert out.stdout == ""
 
 
+def test_storage_errors_are_one_line_never_a_traceback(cli, tmp_path: Path) -> None:
+    # /proc refuses new folders with ENOENT: the storage layer raises FileNotFoundError, an OSError.
+    missing = cli("generate", "workload=quickstart", "++workload.dataset.data_folder=/proc/dl-driver-test/data")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.startswith("dl-driver generate: error: file:///proc/dl-driver-test/data/"), missing.stderr
+    (tmp_path / "a-file").write_text("x")
+    blocked = cli("generate", "workload=quickstart", f"++workload.dataset.data_folder={tmp_path / 'a-file' / 'data'}")
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr, blocked.stderr
+    assert "Not a directory" in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
+
+
 def test_yaml_syntax_error_has_line_and_column(cli, tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("train:\n  epochs: 1\n bad: [\n")
     out = cli("validate", "--config", "bad.yaml")

@@ -94,6 +94,27 @@ def test_every_backend_gets_the_same_files(backend: str, tmp_path: Path, request
     assert store.get(listing[0][0]) == ref_store.get(listing[0][0]), "content is deterministic too"
 
 
+def test_ctrl_c_during_generate_exits_130_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = [DL_DRIVER, "generate", "workload=default", "++workload.dataset.format=npy", f"++workload.dataset.data_folder={data}",
+            "++workload.workflow.evaluation=False", "++workload.dataset.num_files_train=4800", "++workload.dataset.num_files_eval=0",
+            "++workload.dataset.num_subfolders_train=0", "++workload.dataset.record_length_bytes=16777216", "--threads", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((data / "train").glob("img_*")):  # the generation is under way (4800 files would take minutes)
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        "dl-driver generate: interrupted; the files already there are complete: add --skip-existing to finish"], stderr
+    visible = sorted((data / "train").glob("img_*"))
+    assert 1 <= len(visible) < 4800
+    for path in visible:
+        assert npy_shape(path) == (4096, 4096, 1), f"{path.name} is visible but incomplete"
+
+
 def test_interrupted_generation_resumes_to_a_complete_dataset(tmp_path: Path) -> None:
     data = tmp_path / "data"
     args = [DL_DRIVER, "generate", "workload=default", "++workload.dataset.format=npy", f"++workload.dataset.data_folder={data}",
@@ -273,7 +294,7 @@ def test_csv_compression_level_is_used(tmp_path: Path) -> None:
         path = root / "train" / "img_0_of_3.csv.bz2"
         assert path.read_bytes()[:4] == header
         assert len(bz2.decompress(path.read_bytes()).splitlines()) == 4
-    sizes = {}
+    sizes, dictionaries = {}, {}
     for compression, suffix, decompress in [("gzip", "gz", gzip.decompress), ("xz", "xz", lzma.decompress)]:
         for level in (0, 9):
             root = dataset(tmp_path / f"{compression}-{level}", "csv",
@@ -281,7 +302,36 @@ def test_csv_compression_level_is_used(tmp_path: Path) -> None:
             data = (root / "train" / f"img_0_of_3.csv.{suffix}").read_bytes()
             assert len(decompress(data).splitlines()) == 4
             sizes[compression, level] = len(data)
+            if compression == "xz":
+                dictionaries[level] = xz_dictionary_bytes(data)
     assert sizes["gzip", 0] > sizes["gzip", 9], "gzip level 0 stores, 9 compresses"
+    # xz presets pick the LZMA2 dictionary: preset 0 has 256 KiB; 9 is capped at pandas' default preset 6 (8 MiB:
+    # presets 7-9 need 0.2-0.7 GiB of encoder memory per file being written), which compresses better.
+    assert dictionaries == {0: 256 << 10, 9: 8 << 20}, dictionaries
+    assert sizes["xz", 0] > sizes["xz", 9], sizes
+
+
+def xz_dictionary_bytes(data: bytes) -> int:
+    """The LZMA2 dictionary size in an .xz stream's first block header (the xz file format, sections 2.1 and 5.3.1)."""
+
+    def varint(at: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            byte = data[at]
+            value |= (byte & 0x7F) << shift
+            at, shift = at + 1, shift + 7
+            if not byte & 0x80:
+                return value, at
+
+    flags, at = data[13], 14  # after the 12-byte stream header and the block header's size byte
+    for present in (0x40, 0x80):  # compressed and uncompressed sizes, when the header holds them
+        if flags & present:
+            _, at = varint(at)
+    filter_id, at = varint(at)
+    size, at = varint(at)
+    assert (filter_id, size) == (0x21, 1), "the first filter is LZMA2 with its one property byte"
+    bits = data[at]
+    return (2 | (bits & 1)) << (bits // 2 + 11)
 
 
 def test_indexed_binary_offsets_and_sizes(tmp_path: Path) -> None:

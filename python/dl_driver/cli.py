@@ -88,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except DlDriverError as e:
+    except KeyboardInterrupt:
+        after = "; the files already there are complete: add --skip-existing to finish" if args.command == "generate" else ""
+        print(f"dl-driver {args.command}: interrupted{after}", file=sys.stderr)
+        return 130
+    except (DlDriverError, OSError) as e:  # OSError: FileNotFoundError from storage, and local files we open
         print(f"dl-driver {args.command}: error: {e}", file=sys.stderr)
         return 2
 

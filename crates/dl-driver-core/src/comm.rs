@@ -2,14 +2,23 @@
 //! uses this trait; [`SingleProcess`] is the built-in one (one process, or one rank of a run launched by hand with
 //! `--rank/--world-size`, whose barrier waits for nobody). MPI and torch.distributed communicators come from Python.
 
+/// A collective operation failed (a rank died, the launcher's transport broke).
+#[derive(Debug, thiserror::Error)]
+#[error("communicator {operation} failed: {message}")]
+pub struct CommError {
+    /// `barrier` or `all_gather`.
+    pub operation: &'static str,
+    pub message: String,
+}
+
 /// Collective operations across the ranks of a run.
 pub trait Communicator: Send + Sync {
     fn rank(&self) -> u64;
     fn size(&self) -> u64;
     /// Returns when every rank has called it.
-    fn barrier(&self) -> Result<(), String>;
+    fn barrier(&self) -> Result<(), CommError>;
     /// Every rank's `value`, in rank order (on every rank).
-    fn all_gather(&self, value: String) -> Result<Vec<String>, String>;
+    fn all_gather(&self, value: String) -> Result<Vec<String>, CommError>;
 }
 
 /// One rank that waits for nobody: its gathers hold only its own value.
@@ -34,11 +43,11 @@ impl Communicator for SingleProcess {
         self.size
     }
 
-    fn barrier(&self) -> Result<(), String> {
+    fn barrier(&self) -> Result<(), CommError> {
         Ok(())
     }
 
-    fn all_gather(&self, value: String) -> Result<Vec<String>, String> {
+    fn all_gather(&self, value: String) -> Result<Vec<String>, CommError> {
         Ok(vec![value])
     }
 }

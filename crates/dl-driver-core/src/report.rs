@@ -16,7 +16,7 @@ use chrono::Local;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::comm::Communicator;
+use crate::comm::{CommError, Communicator};
 use crate::config::Config;
 use crate::metrics::{across_ranks, mean_stdev, LatencySummary};
 use crate::plan::Plan;
@@ -33,8 +33,8 @@ pub struct Console {
 /// Why the run files or the cross-rank results could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("communicator: {0}")]
-    Comm(String),
+    #[error(transparent)]
+    Comm(#[from] CommError),
     #[error("{0}")]
     Output(String),
 }
@@ -182,12 +182,14 @@ pub fn finish(
         loads: checkpoints_of(record, "load"),
         interrupted: record.interrupted,
     };
-    let gathered =
-        comm.all_gather(serde_json::to_string(&share).expect("shares serialize")).map_err(ReportError::Comm)?;
+    let gathered = comm.all_gather(serde_json::to_string(&share).expect("shares serialize"))?;
     let ranks: Vec<RankShare> = gathered
         .iter()
         .map(|s| {
-            serde_json::from_str(s).map_err(|e| ReportError::Comm(format!("a rank sent an unreadable result: {e}")))
+            serde_json::from_str(s).map_err(|e| CommError {
+                operation: "all_gather",
+                message: format!("a rank sent an unreadable result: {e}"),
+            })
         })
         .collect::<Result<_, _>>()?;
     let folder = PathBuf::from(&config.output.folder);

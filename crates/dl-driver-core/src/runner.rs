@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Local};
 use tokio::sync::Notify;
 
-use crate::comm::Communicator;
+use crate::comm::{CommError, Communicator};
 use crate::config::{Config, Distribution, Format, ReadType};
 use crate::layout::{self, Split};
 use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
@@ -32,12 +32,10 @@ pub enum RunError {
     /// The dataset does not match the config.
     #[error("{0}")]
     Dataset(String),
-    #[error("plugin '{plugin}' failed in {hook}: {message}")]
-    Plugin { plugin: String, hook: &'static str, message: String },
-    #[error("the checkpoint plugin is needed: {0}")]
-    Checkpoint(String),
-    #[error("communicator: {0}")]
-    Comm(String),
+    #[error(transparent)]
+    Plugin(#[from] HookError),
+    #[error(transparent)]
+    Comm(#[from] CommError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
 }
@@ -77,10 +75,6 @@ pub struct RunOptions {
     pub overrides: Vec<String>,
 }
 
-fn plugin_error((plugin, hook, message): HookError) -> RunError {
-    RunError::Plugin { plugin, hook, message }
-}
-
 /// Runs the training (and evaluation) of `config` as `comm`'s rank, or its checkpoint-only workflow, calling the
 /// plugins the config asks for and then `extra` at the hook points; writes the run files; returns the report.
 pub async fn run(
@@ -100,7 +94,7 @@ pub async fn run(
     let what = if training { "Training" } else { "Checkpointing" };
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
     report::save_config(config, &options.overrides, comm.rank())?;
-    plugins::call(plugins, Hook::Initialize(plan), comm).await.map_err(plugin_error)?;
+    plugins::call(plugins, Hook::Initialize(plan), comm).await?;
     let mut run = Loop::new(config, plan, options, comm, console);
     let mut result = match &train {
         Some(train) => {
@@ -118,7 +112,7 @@ pub async fn run(
     };
     let finalized = plugins::call(plugins, Hook::Finalize, comm).await;
     if let (Ok(()), Err(e)) = (&result, finalized) {
-        result = Err(plugin_error(e));
+        result = Err(e.into());
     }
     result?;
     let record = RankRecord {
@@ -363,7 +357,7 @@ impl<'a> Loop<'a> {
             if self.options.cancel.is_cancelled() {
                 return Ok(());
             }
-            plugins::call(plugins, Hook::BeforeEpoch(epoch), self.comm).await.map_err(plugin_error)?;
+            plugins::call(plugins, Hook::BeforeEpoch(epoch), self.comm).await?;
             let epoch_start = (Local::now(), Instant::now());
             self.console.out(&format!("Starting epoch {epoch}: {steps} steps expected"));
             self.progress.steps.store(0, Ordering::Relaxed);
@@ -398,7 +392,7 @@ impl<'a> Loop<'a> {
                 blocks.push(self.close_block(open, None, epoch, blocks.len() + 1, batch));
             }
             drop(pipeline);
-            let saved = plugins::call(plugins, Hook::AfterEpoch(epoch), self.comm).await.map_err(plugin_error)?;
+            let saved = plugins::call(plugins, Hook::AfterEpoch(epoch), self.comm).await?;
             self.add_checkpoints(&mut checkpoints, blocks.len(), saved);
             let weights = |f: fn(&BlockRecord) -> f64| blocks.iter().map(|b| (f(b), b.steps.len())).collect::<Vec<_>>();
             let (au, throughput) = (step_weighted(&weights(|b| b.au)), step_weighted(&weights(|b| b.throughput)));
@@ -461,7 +455,7 @@ impl<'a> Loop<'a> {
     /// The checkpoint-only workflow: the plugins' write and read loops, reported as epoch 1's checkpoints.
     async fn checkpoint_only(&mut self, plugins: &mut [Box<dyn Plugin>]) -> Result<(), RunError> {
         let (start, started) = (Local::now(), Instant::now());
-        let records = plugins::call(plugins, Hook::CheckpointOnly, self.comm).await.map_err(plugin_error)?;
+        let records = plugins::call(plugins, Hook::CheckpointOnly, self.comm).await?;
         let mut checkpoints = Vec::new();
         let (mut saves, mut loads) = (0, 0);
         for r in records {
@@ -554,7 +548,7 @@ impl<'a> Loop<'a> {
             self.latency.record(2, t.decode);
         }
         if training {
-            plugins::call(plugins, Hook::BeforeStep(at), self.comm).await.map_err(plugin_error)?;
+            plugins::call(plugins, Hook::BeforeStep(at), self.comm).await?;
         }
         let seconds = draw(&compute, &mut self.rng);
         let t_compute = Instant::now();
@@ -566,7 +560,7 @@ impl<'a> Loop<'a> {
         }
         let t2 = Instant::now();
         if training {
-            self.comm.barrier().map_err(RunError::Comm)?;
+            self.comm.barrier()?;
         }
         let t3 = Instant::now();
         self.latency.record(3, t1 - t0);
@@ -574,11 +568,7 @@ impl<'a> Loop<'a> {
         if training {
             self.latency.record(5, t3 - t2);
         }
-        let saved = if training {
-            plugins::call(plugins, Hook::AfterStep(at), self.comm).await.map_err(plugin_error)?
-        } else {
-            Vec::new()
-        };
+        let saved = if training { plugins::call(plugins, Hook::AfterStep(at), self.comm).await? } else { Vec::new() };
         self.progress.steps.fetch_add(1, Ordering::Relaxed);
         self.progress.samples.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
         self.progress.bytes.fetch_add(batch.bytes_read, Ordering::Relaxed);

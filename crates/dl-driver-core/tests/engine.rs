@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use dl_driver_core::comm::SingleProcess;
 use dl_driver_core::config::{resolve, Config};
 use dl_driver_core::plan::{plan, Plan};
-use dl_driver_core::plugins::{HookContext, Plugin, StepPoint};
-use dl_driver_core::runner::{run, RunOptions};
+use dl_driver_core::plugins::{HookContext, HookError, Plugin, PluginError, StepPoint};
+use dl_driver_core::runner::{run, RunError, RunOptions};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("engine-{name}-{}", std::process::id()));
@@ -58,27 +58,27 @@ impl Plugin for Recorder {
     fn name(&self) -> String {
         "recorder".into()
     }
-    async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.0.lock().unwrap().push(format!("init steps={}", plan.train.steps_per_epoch));
         Ok(())
     }
-    async fn before_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn before_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.0.lock().unwrap().push(format!("before_epoch {epoch}"));
         Ok(())
     }
-    async fn after_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.0.lock().unwrap().push(format!("after_epoch {epoch}"));
         Ok(())
     }
-    async fn before_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn before_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.0.lock().unwrap().push(format!("before_step {}.{} ({})", at.epoch, at.step, at.global_step));
         Ok(())
     }
-    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.0.lock().unwrap().push(format!("after_step {}.{} ({})", at.epoch, at.step, at.global_step));
         Ok(())
     }
-    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.0.lock().unwrap().push("finalize".into());
         Ok(())
     }
@@ -92,9 +92,9 @@ impl Plugin for Failing {
     fn name(&self) -> String {
         "failing".into()
     }
-    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         if at.global_step == 3 {
-            return Err("disk full".into());
+            return Err(PluginError::Other("disk full".into()));
         }
         Ok(())
     }
@@ -124,6 +124,11 @@ async fn plugins_see_every_hook_in_order_with_epoch_and_step_numbers() {
     let failing: Vec<Box<dyn Plugin>> = vec![Box::new(Failing)];
     let e = run(&c, &p, &RunOptions::default(), &SingleProcess::default(), failing).await.unwrap_err();
     assert_eq!(e.to_string(), "plugin 'failing' failed in after_step: disk full");
+    // The plugin's own error survives, typed, for the caller (the bindings re-raise a Python plugin's exception).
+    let RunError::Plugin(HookError { plugin, hook, source: PluginError::Other(inner) }) = e else {
+        panic!("expected the plugin's own error, got {e:?}")
+    };
+    assert_eq!((plugin.as_str(), hook, inner.to_string().as_str()), ("failing", "after_step", "disk full"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,30 +5,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use dl_driver_core::checkpoint::manifest;
-use dl_driver_core::checkpoint::stream::CheckpointError;
 use dl_driver_core::comm::SingleProcess;
 use dl_driver_core::generate::layout::Split;
-use dl_driver_core::pipeline::{Batch, Pipeline, PipelineError};
-use dl_driver_core::plugins::{HookContext, Plugin, StepPoint};
+use dl_driver_core::pipeline::{Batch, Pipeline};
+use dl_driver_core::plugins::{HookContext, Plugin, PluginError, StepPoint};
 use dl_driver_core::runner::{self, Cancel, RunError, RunOptions};
 use dl_driver_core::{plan, sampler};
 use pyo3::prelude::*;
 
-use crate::storage::{open_store, storage_error, Buffer};
-use crate::{config_error, parse_config, runtime, ConfigError, DlDriverError, FormatError};
+use crate::error::{Error, Result};
+use crate::storage::{open_store, Buffer};
+use crate::{parse_config, runtime, DlDriverError};
 
-fn run_error(e: RunError) -> PyErr {
-    match e {
-        RunError::Storage(s) | RunError::Read(PipelineError::Storage(s)) => storage_error(s),
-        RunError::Read(PipelineError::Format(m)) => FormatError::new_err(m),
-        RunError::Dataset(m) | RunError::Read(PipelineError::Dataset(m)) => ConfigError::new_err(m),
-        other => DlDriverError::new_err(other.to_string()),
-    }
-}
-
-fn check_rank(rank: u64, world_size: u64) -> PyResult<()> {
+pub fn check_rank(rank: u64, world_size: u64) -> Result<()> {
     if world_size == 0 || rank >= world_size {
-        return Err(ConfigError::new_err(format!("rank {rank} is not below world size {world_size}")));
+        return Err(Error::config(format!("rank {rank} is not below world size {world_size}")));
     }
     Ok(())
 }
@@ -41,15 +32,17 @@ struct PyPlugin {
 }
 
 impl PyPlugin {
-    fn call(&self, method: &str, args: &[u64]) -> Result<(), String> {
+    /// Calls `method` if the object has it; its exception travels, as itself, back to the caller of the run.
+    fn call(&self, method: &str, args: &[u64]) -> Result<(), PluginError> {
         Python::attach(|py| {
             let object = self.object.bind(py);
             if !object.hasattr(method).unwrap_or(false) {
                 return Ok(());
             }
-            let args = pyo3::types::PyTuple::new(py, args).map_err(|e| e.to_string())?;
-            object.call_method1(method, args).map(drop).map_err(|e| e.to_string())
+            let args = pyo3::types::PyTuple::new(py, args)?;
+            object.call_method1(method, args).map(drop)
         })
+        .map_err(|e| PluginError::Other(Box::new(e)))
     }
 }
 
@@ -58,22 +51,22 @@ impl Plugin for PyPlugin {
     fn name(&self) -> String {
         self.name.clone()
     }
-    async fn initialize(&mut self, _plan: &plan::Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn initialize(&mut self, _plan: &plan::Plan, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.call("initialize", &[])
     }
-    async fn before_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn before_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.call("before_epoch", &[epoch])
     }
-    async fn after_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_epoch(&mut self, epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.call("after_epoch", &[epoch])
     }
-    async fn before_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn before_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.call("before_step", &[at.epoch, at.step])
     }
-    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_step(&mut self, at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.call("after_step", &[at.epoch, at.step])
     }
-    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.call("finalize", &[])
     }
 }
@@ -93,10 +86,10 @@ pub fn run_benchmark(
     console: bool,
     progress: bool,
     plugins: Vec<Py<PyAny>>,
-) -> PyResult<(String, String, bool)> {
+) -> Result<(String, String, bool)> {
     check_rank(rank, world_size)?;
     let config = parse_config(config_json)?;
-    let plan = plan::plan(&config, source_name, world_size).map_err(|e| config_error(&e))?;
+    let plan = plan::plan(&config, source_name, world_size)?;
     let cancel = Cancel::default();
     let options = RunOptions { progress, console, cancel: cancel.clone(), overrides };
     let comm = SingleProcess { rank, size: world_size };
@@ -108,7 +101,7 @@ pub fn run_benchmark(
     let (result, _) = runtime::run_cancellable(py, || cancel.cancel(), async move {
         runner::run(&config, &plan, &options, &comm, python).await
     })?;
-    let report = result.map_err(run_error)?;
+    let report = result?;
     Ok((report.summary.to_string(), report.details.to_string(), report.interrupted))
 }
 
@@ -133,15 +126,15 @@ pub struct Batches {
 impl Batches {
     #[new]
     #[pyo3(signature = (config_json, split = "train", epoch = 1, rank = 0, world_size = 1))]
-    fn new(py: Python<'_>, config_json: &str, split: &str, epoch: u64, rank: u64, world_size: u64) -> PyResult<Self> {
+    fn new(py: Python<'_>, config_json: &str, split: &str, epoch: u64, rank: u64, world_size: u64) -> Result<Self> {
         check_rank(rank, world_size)?;
         let split = match split {
             "train" => Split::Train,
             "valid" | "eval" => Split::Valid,
-            other => return Err(ConfigError::new_err(format!("split '{other}': expected 'train' or 'valid'"))),
+            other => return Err(Error::config(format!("split '{other}': expected 'train' or 'valid'"))),
         };
         let config = parse_config(config_json)?;
-        let plan = plan::plan(&config, "config", world_size).map_err(|e| config_error(&e))?;
+        let plan = plan::plan(&config, "config", world_size)?;
         let phase = if split == Split::Train { plan.train.clone() } else { plan.eval.clone() };
         let sampler = sampler::Sampler {
             files: phase.files,
@@ -161,8 +154,7 @@ impl Batches {
             let readers = runner::readers(&config, &plan, split, true).await?;
             let order = Arc::new(sampler.epoch(epoch));
             Ok::<_, RunError>(Pipeline::start(&readers, &order, phase.batch_size, phase.steps_per_epoch))
-        })?
-        .map_err(run_error)?;
+        })??;
         Ok(Self { pipeline: Some(pipeline), failed: false })
     }
 
@@ -170,9 +162,11 @@ impl Batches {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<PyBatch>> {
+    fn __next__(&mut self, py: Python<'_>) -> Result<Option<PyBatch>> {
         if self.failed {
-            return Err(DlDriverError::new_err("this epoch's iterator stopped on an error or Ctrl-C; start a new one"));
+            return Err(
+                DlDriverError::new_err("this epoch's iterator stopped on an error or Ctrl-C; start a new one").into()
+            );
         }
         let Some(mut pipeline) = self.pipeline.take() else { return Ok(None) };
         self.failed = true;
@@ -185,7 +179,7 @@ impl Batches {
                 self.failed = false;
                 return Ok(None);
             }
-            Some(b) => b.map_err(|e| run_error(RunError::Read(e)))?,
+            Some(b) => b?,
         };
         self.failed = false;
         self.pipeline = Some(pipeline);
@@ -199,13 +193,6 @@ impl Batches {
     }
 }
 
-fn checkpoint_error(e: CheckpointError) -> PyErr {
-    match e {
-        CheckpointError::Storage(s) => storage_error(s),
-        other => crate::CheckpointError::new_err(other.to_string()),
-    }
-}
-
 /// The checkpoints under `uri` as JSON: [{name, complete, objects, stored_bytes}].
 #[pyfunction]
 #[pyo3(signature = (uri, options = None))]
@@ -213,9 +200,9 @@ pub fn checkpoint_list(
     py: Python<'_>,
     uri: &str,
     options: Option<std::collections::HashMap<String, String>>,
-) -> PyResult<String> {
+) -> Result<String> {
     let store = open_store(uri, options)?;
-    let listed = runtime::run(py, async move { manifest::list(&store).await })?.map_err(checkpoint_error)?;
+    let listed = runtime::run(py, async move { manifest::list(&store).await })??;
     Ok(serde_json::to_string(&listed).expect("listings serialize"))
 }
 
@@ -227,9 +214,9 @@ pub fn checkpoint_verify(
     uri: &str,
     name: String,
     options: Option<std::collections::HashMap<String, String>>,
-) -> PyResult<u64> {
+) -> Result<u64> {
     let store = open_store(uri, options)?;
-    runtime::run(py, async move { manifest::verify(&store, &name).await })?.map_err(checkpoint_error)
+    Ok(runtime::run(py, async move { manifest::verify(&store, &name).await })??)
 }
 
 /// Deletes checkpoint `name` under `uri` (manifest first); returns the objects deleted.
@@ -240,7 +227,7 @@ pub fn checkpoint_delete(
     uri: &str,
     name: String,
     options: Option<std::collections::HashMap<String, String>>,
-) -> PyResult<u64> {
+) -> Result<u64> {
     let store = open_store(uri, options)?;
-    runtime::run(py, async move { manifest::delete(&store, &name).await })?.map_err(checkpoint_error)
+    Ok(runtime::run(py, async move { manifest::delete(&store, &name).await })??)
 }

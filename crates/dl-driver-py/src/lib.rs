@@ -4,10 +4,11 @@
 #![allow(clippy::needless_pass_by_value)]
 
 mod engine;
+mod error;
 mod runtime;
 mod storage;
 
-use dl_driver_core::config::{self, ConfigError as CoreConfigError, LoadOptions, Override, Source};
+use dl_driver_core::config::{self, LoadOptions, Override, Source};
 use dl_driver_core::plan;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -23,12 +24,10 @@ pyo3::create_exception!(
     "A checkpoint is incomplete, corrupt or cannot be written."
 );
 
-fn config_error(e: &CoreConfigError) -> PyErr {
-    ConfigError::new_err(e.to_string())
-}
+use crate::error::{Error, Result};
 
-fn json_error(what: &str, e: &serde_json::Error) -> PyErr {
-    ConfigError::new_err(format!("{what}: {e}"))
+fn json_error(what: &str, e: &serde_json::Error) -> Error {
+    Error::config(format!("{what}: {e}"))
 }
 
 /// What `load_config` returns to Python.
@@ -55,7 +54,7 @@ fn load_config(
     typed_overrides_json: &str,
     config_dir: Option<String>,
     strict: bool,
-) -> PyResult<LoadResult> {
+) -> Result<LoadResult> {
     let source = match kind {
         "name" => Source::Name(source.to_string()),
         "file" => Source::File(source.into()),
@@ -64,20 +63,18 @@ fn load_config(
                 serde_json::from_str(source).map_err(|e| json_error("the config dict is not valid", &e))?;
             Source::Tree { name: "config dict".into(), value }
         }
-        other => return Err(DlDriverError::new_err(format!("unknown source kind '{other}'"))),
+        other => return Err(DlDriverError::new_err(format!("unknown source kind '{other}'")).into()),
     };
     let typed: Vec<(String, serde_yaml::Value)> =
         serde_json::from_str(typed_overrides_json).map_err(|e| json_error("overrides are not valid", &e))?;
     let options = LoadOptions { config_dir: config_dir.map(Into::into), strict };
-    let loaded = py
-        .detach(|| {
-            let mut parsed: Vec<Override> = overrides.iter().map(|o| Override::parse(o)).collect::<Result<_, _>>()?;
-            for (path, value) in typed {
-                parsed.push(Override::force(&path, value)?);
-            }
-            config::load_with(&source, &parsed, &options)
-        })
-        .map_err(|e| config_error(&e))?;
+    let loaded = py.detach(|| {
+        let mut parsed: Vec<Override> = overrides.iter().map(|o| Override::parse(o)).collect::<Result<_, _>>()?;
+        for (path, value) in typed {
+            parsed.push(Override::force(&path, value)?);
+        }
+        config::load_with(&source, &parsed, &options)
+    })?;
     Ok(LoadResult {
         config_json: serde_json::to_string(&loaded.config).expect("configs serialize"),
         warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
@@ -86,36 +83,36 @@ fn load_config(
     })
 }
 
-fn parse_config(config_json: &str) -> PyResult<config::Config> {
+fn parse_config(config_json: &str) -> Result<config::Config> {
     let value: serde_yaml::Value = serde_json::from_str(config_json).map_err(|e| json_error("config", &e))?;
-    config::resolve("config", value, true).map(|(c, _)| c).map_err(|e| config_error(&e))
+    Ok(config::resolve("config", value, true)?.0)
 }
 
 /// The derived plan of a resolved config for `world_size` processes, as JSON text.
 #[pyfunction]
-fn plan_json(config_json: &str, source_name: &str, world_size: u64) -> PyResult<String> {
+fn plan_json(config_json: &str, source_name: &str, world_size: u64) -> Result<String> {
     let cfg = parse_config(config_json)?;
-    let p = plan::plan(&cfg, source_name, world_size).map_err(|e| config_error(&e))?;
+    let p = plan::plan(&cfg, source_name, world_size)?;
     Ok(serde_json::to_string(&p).expect("plans serialize"))
 }
 
 /// The canonical YAML of a resolved config; credentials are shown as `***` when `redact`.
 #[pyfunction]
 #[pyo3(signature = (config_json, redact = true))]
-fn config_yaml(config_json: &str, redact: bool) -> PyResult<String> {
+fn config_yaml(config_json: &str, redact: bool) -> Result<String> {
     Ok(parse_config(config_json)?.to_yaml(redact))
 }
 
 /// The canonical JSON of a resolved config with credentials shown as `***`.
 #[pyfunction]
-fn redacted_config_json(config_json: &str) -> PyResult<String> {
+fn redacted_config_json(config_json: &str) -> Result<String> {
     let cfg = parse_config(config_json)?;
     Ok(serde_json::to_string(&cfg.to_redacted_value()).expect("YAML values serialize as JSON"))
 }
 
 /// Any JSON text rendered as YAML.
 #[pyfunction]
-fn json_to_yaml(text: &str) -> PyResult<String> {
+fn json_to_yaml(text: &str) -> Result<String> {
     let value: serde_yaml::Value = serde_json::from_str(text).map_err(|e| json_error("JSON", &e))?;
     Ok(serde_yaml::to_string(&value).expect("YAML values serialize"))
 }
@@ -131,21 +128,14 @@ fn generate(
     skip_existing: bool,
     threads: Option<usize>,
     progress: bool,
-) -> PyResult<std::collections::HashMap<&'static str, f64>> {
-    use dl_driver_core::generate::{self, GenerateError, GenerateOptions};
-    if world_size == 0 || rank >= world_size {
-        return Err(ConfigError::new_err(format!("rank {rank} is not below world size {world_size}")));
-    }
+) -> Result<std::collections::HashMap<&'static str, f64>> {
+    use dl_driver_core::generate::{self, GenerateOptions};
+    engine::check_rank(rank, world_size)?;
     let config = parse_config(config_json)?;
     let defaults = GenerateOptions::default();
     let options =
         GenerateOptions { rank, world_size, skip_existing, threads: threads.unwrap_or(defaults.threads), progress };
-    let report =
-        runtime::run(py, async move { generate::generate(&config, &options).await })?.map_err(|e| match e {
-            GenerateError::Storage(s) => storage::storage_error(s),
-            GenerateError::Config(m) => ConfigError::new_err(m),
-            GenerateError::Format { .. } => FormatError::new_err(e.to_string()),
-        })?;
+    let report = runtime::run(py, async move { generate::generate(&config, &options).await })??;
     Ok(std::collections::HashMap::from([
         ("files_written", report.files_written as f64),
         ("files_skipped", report.files_skipped as f64),

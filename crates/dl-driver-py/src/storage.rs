@@ -3,29 +3,21 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use dl_driver_core::storage::{self, ObjectInfo as CoreObjectInfo, StorageError as CoreStorageError, StorageOptions};
-use pyo3::exceptions::PyFileNotFoundError;
+use dl_driver_core::storage::{self, ObjectInfo as CoreObjectInfo, StorageOptions};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
+use crate::error::Result;
 use crate::runtime::run;
 use crate::StorageError;
 
-pub fn storage_error(e: CoreStorageError) -> PyErr {
-    if e.is_not_found() {
-        PyFileNotFoundError::new_err(e.to_string())
-    } else {
-        StorageError::new_err(e.to_string())
-    }
-}
-
 /// Opens `uri` with keyword options (as text), as `dl_driver.storage.open` and the checkpoint functions take them.
-pub fn open_store(uri: &str, options: Option<HashMap<String, String>>) -> PyResult<storage::Store> {
+pub fn open_store(uri: &str, options: Option<HashMap<String, String>>) -> Result<storage::Store> {
     let mut opts = StorageOptions::new();
     for (k, v) in options.unwrap_or_default() {
         opts.insert(k, v);
     }
-    storage::open(uri, &opts).map_err(storage_error)
+    Ok(storage::open(uri, &opts)?)
 }
 
 /// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path).
@@ -38,7 +30,7 @@ pub struct Store {
 impl Store {
     #[new]
     #[pyo3(signature = (uri, options = None))]
-    fn new(uri: &str, options: Option<HashMap<String, String>>) -> PyResult<Self> {
+    fn new(uri: &str, options: Option<HashMap<String, String>>) -> Result<Self> {
         open_store(uri, options).map(|inner| Self { inner })
     }
 
@@ -49,54 +41,55 @@ impl Store {
     }
 
     /// The whole object.
-    fn get(&self, py: Python<'_>, key: &str) -> PyResult<Buffer> {
+    fn get(&self, py: Python<'_>, key: &str) -> Result<Buffer> {
         let (store, key) = (self.inner.clone(), key.to_string());
-        let data = run(py, async move { store.get(&key).await })?.map_err(storage_error)?;
+        let data = run(py, async move { store.get(&key).await })??;
         Ok(Buffer { data })
     }
 
     /// Bytes `start..end` of the object.
-    fn get_range(&self, py: Python<'_>, key: &str, start: u64, end: u64) -> PyResult<Buffer> {
+    fn get_range(&self, py: Python<'_>, key: &str, start: u64, end: u64) -> Result<Buffer> {
         if end < start {
             return Err(StorageError::new_err(format!(
                 "get_range of {}: end {end} is before start {start}",
                 self.inner.uri().join(key)
-            )));
+            ))
+            .into());
         }
         let (store, key) = (self.inner.clone(), key.to_string());
-        let data = run(py, async move { store.get_range(&key, start..end).await })?.map_err(storage_error)?;
+        let data = run(py, async move { store.get_range(&key, start..end).await })??;
         Ok(Buffer { data })
     }
 
     /// Writes the object (multipart when larger than the part size); it is visible only once complete.
-    fn put(&self, py: Python<'_>, key: &str, data: PyBackedBytes) -> PyResult<()> {
+    fn put(&self, py: Python<'_>, key: &str, data: PyBackedBytes) -> Result<()> {
         let (store, key) = (self.inner.clone(), key.to_string());
-        run(py, async move { store.put(&key, Bytes::from_owner(data)).await })?.map_err(storage_error)
+        Ok(run(py, async move { store.put(&key, Bytes::from_owner(data)).await })??)
     }
 
     /// Objects below `prefix`, sorted by key.
     #[pyo3(signature = (prefix = ""))]
-    fn list(&self, py: Python<'_>, prefix: &str) -> PyResult<Vec<ObjectInfo>> {
+    fn list(&self, py: Python<'_>, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let (store, prefix) = (self.inner.clone(), prefix.to_string());
-        let items = run(py, async move { store.list(&prefix).await })?.map_err(storage_error)?;
+        let items = run(py, async move { store.list(&prefix).await })??;
         Ok(items.into_iter().map(ObjectInfo::from).collect())
     }
 
     /// Size and modification time; FileNotFoundError when missing.
-    fn head(&self, py: Python<'_>, key: &str) -> PyResult<ObjectInfo> {
+    fn head(&self, py: Python<'_>, key: &str) -> Result<ObjectInfo> {
         let (store, key) = (self.inner.clone(), key.to_string());
-        run(py, async move { store.head(&key).await })?.map(ObjectInfo::from).map_err(storage_error)
+        Ok(run(py, async move { store.head(&key).await })??.into())
     }
 
-    fn exists(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+    fn exists(&self, py: Python<'_>, key: &str) -> Result<bool> {
         let (store, key) = (self.inner.clone(), key.to_string());
-        run(py, async move { store.exists(&key).await })?.map_err(storage_error)
+        Ok(run(py, async move { store.exists(&key).await })??)
     }
 
     /// Deletes the object (a missing object is not an error).
-    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+    fn delete(&self, py: Python<'_>, key: &str) -> Result<()> {
         let (store, key) = (self.inner.clone(), key.to_string());
-        run(py, async move { store.delete(&key).await })?.map_err(storage_error)
+        Ok(run(py, async move { store.delete(&key).await })??)
     }
 
     /// Reads every object once, `concurrency` at a time, into reused page-aligned buffers, discarding the data.
@@ -107,9 +100,9 @@ impl Store {
         py: Python<'_>,
         keys: Vec<String>,
         concurrency: usize,
-    ) -> PyResult<HashMap<&'static str, f64>> {
+    ) -> Result<HashMap<&'static str, f64>> {
         let store = self.inner.clone();
-        let report = run(py, async move { store.read_objects(&keys, concurrency).await })?.map_err(storage_error)?;
+        let report = run(py, async move { store.read_objects(&keys, concurrency).await })??;
         Ok(HashMap::from([
             ("objects", report.objects as f64),
             ("bytes", report.bytes as f64),

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Local;
 
-use super::{CheckpointRecord, HookContext, Plugin, StepPoint};
+use super::{CheckpointRecord, HookContext, Plugin, PluginError, StepPoint};
 use crate::checkpoint::manifest::{self, Manifest};
 use crate::checkpoint::sizing::rank_files;
-use crate::checkpoint::stream::{self, FileEntry, WriteOptions, CHUNK};
+use crate::checkpoint::stream::{self, CheckpointError, FileEntry, WriteOptions, CHUNK};
 use crate::config::{CheckpointCompression, Config};
 use crate::metrics::Latency;
 use crate::plan::{CheckpointPlan, Plan};
@@ -45,8 +45,10 @@ impl CheckpointPlugin {
         }
     }
 
-    fn store(&self) -> Result<&Store, String> {
-        self.store.as_ref().ok_or_else(|| "used before initialize".to_string())
+    fn store(&self) -> Result<&Store, PluginError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| PluginError::Config("the checkpoint plugin was used before initialize".into()))
     }
 
     fn options(&self, seed: u64) -> WriteOptions {
@@ -60,10 +62,11 @@ impl CheckpointPlugin {
     }
 
     /// Writes this rank's files of checkpoint (epoch, step); rank 0 writes the manifest once every rank is done.
-    async fn save(&mut self, epoch: u64, step: u64, ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn save(&mut self, epoch: u64, step: u64, ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         let (rank, world) = (ctx.comm.rank(), ctx.comm.size());
         let name = manifest::folder_name(epoch, step);
-        let files = rank_files(&self.config, world, rank).map_err(|(path, why)| format!("{path}: {why}"))?;
+        let files = rank_files(&self.config, world, rank)
+            .map_err(|(path, why)| PluginError::Config(format!("{path}: {why}")))?;
         let (start, started) = (Local::now(), Instant::now());
         let mut part_latency = Latency::default();
         let mut entries = Vec::with_capacity(files.len());
@@ -79,8 +82,7 @@ impl CheckpointPlugin {
                 &self.pool,
                 &mut part_latency,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             entries.push(entry);
         }
         ctx.comm.barrier()?;
@@ -90,7 +92,7 @@ impl CheckpointPlugin {
             for text in gathered {
                 all.extend(
                     serde_json::from_str::<Vec<FileEntry>>(&text)
-                        .map_err(|e| format!("a rank sent unreadable entries: {e}"))?,
+                        .map_err(|e| CheckpointError::Invalid(format!("a rank sent unreadable file entries: {e}")))?,
                 );
             }
             let k = &self.config.checkpoint;
@@ -109,7 +111,7 @@ impl CheckpointPlugin {
                 stored_bytes: all.iter().map(|f| f.stored_bytes).sum(),
                 files: all,
             };
-            manifest::write(self.store()?, &manifest).await.map_err(|e| e.to_string())?;
+            manifest::write(self.store()?, &manifest).await?;
         }
         ctx.comm.barrier()?;
         self.written.push(name.clone());
@@ -131,16 +133,14 @@ impl CheckpointPlugin {
     }
 
     /// Reads this rank's files of checkpoint `name` back, verifying them.
-    async fn load(&mut self, name: &str, ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn load(&mut self, name: &str, ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         let rank = ctx.comm.rank();
         let (start, started) = (Local::now(), Instant::now());
         let store = self.store()?;
-        let m = manifest::read(store, name).await.map_err(|e| e.to_string())?;
+        let m = manifest::read(store, name).await?;
         let (mut bytes, mut stored, mut files) = (0, 0, 0);
         for entry in m.files.iter().filter(|f| f.rank == rank) {
-            stored += stream::read_file(store, &format!("{name}/{}", entry.name), entry, m.compressed())
-                .await
-                .map_err(|e| e.to_string())?;
+            stored += stream::read_file(store, &format!("{name}/{}", entry.name), entry, m.compressed()).await?;
             bytes += entry.bytes;
             files += 1;
         }
@@ -169,18 +169,18 @@ impl Plugin for CheckpointPlugin {
         "checkpoint".into()
     }
 
-    async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         let options = StorageOptions::from_yaml(&self.config.storage.storage_options)
-            .map_err(|e| format!("storage.storage_options: {e}"))?;
-        self.store = Some(storage::open_shared(&plan.checkpoint_location, &options).map_err(|e| e.to_string())?);
+            .map_err(|e| PluginError::Config(format!("storage.storage_options: {e}")))?;
+        self.store = Some(storage::open_shared(&plan.checkpoint_location, &options)?);
         self.schedule.clone_from(&plan.checkpoint);
         if self.schedule.is_none() {
-            return Err("workflow.checkpoint is off: nothing to checkpoint".into());
+            return Err(PluginError::Config("workflow.checkpoint is off: nothing to checkpoint".into()));
         }
         Ok(())
     }
 
-    async fn after_step(&mut self, at: StepPoint, ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_step(&mut self, at: StepPoint, ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         self.global_step = at.global_step;
         let every = self.schedule.as_ref().and_then(|s| s.every_steps).filter(|n| *n > 0);
         if every.is_some_and(|n| at.global_step.is_multiple_of(n)) {
@@ -189,7 +189,7 @@ impl Plugin for CheckpointPlugin {
         Ok(())
     }
 
-    async fn after_epoch(&mut self, epoch: u64, ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_epoch(&mut self, epoch: u64, ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         let due = self.schedule.as_ref().is_some_and(|s| s.trigger == "epoch" && s.epochs.contains(epoch));
         if due {
             self.save(epoch, self.global_step, ctx).await?;
@@ -197,7 +197,7 @@ impl Plugin for CheckpointPlugin {
         Ok(())
     }
 
-    async fn checkpoint_only(&mut self, ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn checkpoint_only(&mut self, ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         let Some(schedule) = self.schedule.clone().filter(|s| s.trigger == "checkpoint_only") else { return Ok(()) };
         let pause = Duration::from_secs_f64(self.config.checkpoint.time_between_checkpoints.max(0.0));
         for i in 1..=schedule.writes {
@@ -214,15 +214,15 @@ impl Plugin for CheckpointPlugin {
         let mut names = self.written.clone();
         if names.is_empty() {
             let store = self.store()?;
-            let listed = manifest::list(store).await.map_err(|e| e.to_string())?;
+            let listed = manifest::list(store).await?;
             names = listed.into_iter().filter(|l| l.complete).map(|l| l.name).collect();
         }
         if names.is_empty() {
-            return Err(format!(
+            return Err(PluginError::Config(format!(
                 "checkpoint.num_checkpoints_read is {} but {} holds no complete checkpoint to read",
                 schedule.reads,
                 self.store()?.uri()
-            ));
+            )));
         }
         for i in 0..schedule.reads {
             let name = names[usize::try_from(i).unwrap_or(0) % names.len()].clone();

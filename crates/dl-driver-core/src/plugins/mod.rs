@@ -7,10 +7,30 @@ pub mod checkpoint;
 
 use async_trait::async_trait;
 
-use crate::comm::Communicator;
+use crate::checkpoint::stream::CheckpointError;
+use crate::comm::{CommError, Communicator};
 use crate::config::Config;
 use crate::plan::Plan;
 pub use crate::records::CheckpointRecord;
+use crate::storage::StorageError;
+
+/// Why a plugin's hook failed; the variant keeps the type of what failed, so callers (the bindings) can tell a
+/// checkpoint or storage failure from a bad config or a caller's own exception.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    /// The config asks for something the plugin cannot do.
+    #[error("{0}")]
+    Config(String),
+    /// A caller's plugin failed with its own error (a Python exception, through the bindings).
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// Where the loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,27 +53,27 @@ pub struct HookContext<'a> {
 #[async_trait]
 pub trait Plugin: Send {
     fn name(&self) -> String;
-    async fn initialize(&mut self, _plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn initialize(&mut self, _plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn before_epoch(&mut self, _epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn before_epoch(&mut self, _epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// After an epoch's training steps (before its evaluation), where epoch checkpoints happen.
-    async fn after_epoch(&mut self, _epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_epoch(&mut self, _epoch: u64, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn before_step(&mut self, _at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn before_step(&mut self, _at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn after_step(&mut self, _at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn after_step(&mut self, _at: StepPoint, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// Checkpoint-only workloads (`workflow.train: False`): the whole run.
-    async fn checkpoint_only(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn checkpoint_only(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), String> {
+    async fn finalize(&mut self, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
         Ok(())
     }
 }
@@ -84,8 +104,15 @@ impl Hook<'_> {
     }
 }
 
-/// A plugin's failure: (plugin, hook, message).
-pub type HookError = (String, &'static str, String);
+/// A plugin's failure at a hook point.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin '{plugin}' failed in {hook}: {source}")]
+pub struct HookError {
+    pub plugin: String,
+    pub hook: &'static str,
+    #[source]
+    pub source: PluginError,
+}
 
 /// Calls `hook` on every plugin in order; returns what they checkpointed.
 pub async fn call(
@@ -104,7 +131,7 @@ pub async fn call(
             Hook::CheckpointOnly => p.checkpoint_only(&mut ctx).await,
             Hook::Finalize => p.finalize(&mut ctx).await,
         };
-        result.map_err(|message| (p.name(), hook.name(), message))?;
+        result.map_err(|source| HookError { plugin: p.name(), hook: hook.name(), source })?;
     }
     Ok(ctx.checkpoints)
 }
