@@ -222,13 +222,14 @@ impl Readers {
         ids: Vec<SampleId>,
         cache: Arc<FileCache>,
     ) -> Result<Vec<SampleOut>, PipelineError> {
-        if self.spec.whole_files || !self.spec.store.is_local() {
+        let local = self.spec.store.local().filter(|_| !self.spec.whole_files);
+        let Some(local) = local else {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 out.push(Arc::clone(&self).read_sample(id, Arc::clone(&cache)).await?);
             }
             return Ok(out);
-        }
+        };
         let spf = self.spec.samples_per_file.max(1);
         let mut planned = Vec::with_capacity(ids.len());
         for id in ids {
@@ -245,11 +246,7 @@ impl Readers {
                     let mut read = RangedRead::new(id, key, this.take_buf(), Instant::now());
                     for range in ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect()) {
                         let buf = read.take_buf();
-                        let fetched = this
-                            .spec
-                            .store
-                            .fetch_local(&read.key, range, buf, this.spec.transfer)
-                            .expect("the store is local")?;
+                        let fetched = local.fetch(&read.key, range, buf, this.spec.transfer)?;
                         read.absorb(&this, fetched)?;
                     }
                     Ok(read.finish(&this))

@@ -74,7 +74,8 @@ fn file_writers_stream_from_the_calling_thread() {
         // A temporary file left by a writer that died is taken over and emptied.
         std::fs::create_dir_all(dir.join(scheme)).unwrap();
         std::fs::write(dir.join(format!("{scheme}/.dl-driver-obj.tmp")), pattern(data.len() + 10_000, 1)).unwrap();
-        let mut writer = store.file_writer(&format!("{scheme}/obj")).unwrap().unwrap();
+        let local = store.local().expect("file:// and direct:// stores are local files");
+        let mut writer = local.file_writer(&format!("{scheme}/obj")).unwrap();
         let (head, rest) = data.split_at(777);
         writer.write(head).unwrap();
         let mut at = 0;
@@ -89,13 +90,13 @@ fn file_writers_stream_from_the_calling_thread() {
         assert_eq!(size, data.len() as u64);
         assert!(latency.summary().count >= 2, "{scheme}: chunk writes are timed");
         assert_eq!(std::fs::read(dir.join(format!("{scheme}/obj"))).unwrap(), data, "{scheme}: same bytes, no padding");
-        let mut dropped = store.file_writer(&format!("{scheme}/gone")).unwrap().unwrap();
+        let mut dropped = local.file_writer(&format!("{scheme}/gone")).unwrap();
         dropped.write(&data[..3 << 20]).unwrap();
         drop(dropped);
         let left: Vec<_> = std::fs::read_dir(dir.join(scheme)).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("obj")], "{scheme}: no temporary files remain");
     }
-    assert!(open("memory://x", &StorageOptions::new()).unwrap().file_writer("k").is_none(), "only local stores");
+    assert!(open("memory://x", &StorageOptions::new()).unwrap().local().is_none(), "only local stores");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::Latency;
 use crate::sink::data::SampleBytes;
 use crate::sink::{ChannelSink, Sink, SinkWriter};
-use crate::storage::{AlignedBuf, BufferPool, StorageError, Store};
+use crate::storage::{AlignedBuf, BufferPool, LocalFiles, StorageError, Store};
 
 /// Bytes handed from the producing thread to the uploader at a time (and read at a time).
 pub const CHUNK: usize = crate::sink::HANDOFF;
@@ -126,10 +126,10 @@ pub async fn write_file(
     pool: &Arc<BufferPool>,
     part_latency: &mut Latency,
 ) -> Result<FileEntry, CheckpointError> {
-    let (crc, stored) = if store.is_local() {
-        let (owned_store, owned_key) = (store.clone(), key.to_string());
+    let (crc, stored) = if let Some(local) = store.local() {
+        let owned_key = key.to_string();
         let (crc, stored, latency) =
-            tokio::task::spawn_blocking(move || write_local(&owned_store, &owned_key, bytes, options))
+            tokio::task::spawn_blocking(move || write_local(&local, &owned_key, bytes, options))
                 .await
                 .map_err(|e| CheckpointError::Invalid(format!("{key}: the tensor producer failed: {e}")))??;
         part_latency.add(&latency);
@@ -155,12 +155,12 @@ const LOCAL_CHUNK: usize = 1024 * 1024;
 /// produces (random bytes, zstd, CRC-32C) into a few small pooled chunks while the other writes the previous ones, so
 /// a shard is produced and copied into the page cache at once instead of in turn.
 fn write_local(
-    store: &Store,
+    local: &LocalFiles,
     key: &str,
     bytes: u64,
     options: WriteOptions,
 ) -> Result<(u32, u64, Latency), CheckpointError> {
-    let mut writer = store.file_writer(key).expect("the store is local")?;
+    let mut writer = local.file_writer(key)?;
     if options.zstd_level.is_none() {
         writer.preallocate(bytes);
     }
@@ -180,10 +180,10 @@ fn write_local(
         (produced, writing.join().expect("the checkpoint writer thread does not panic"))
     });
     if let Err(e) = written {
-        return Err(store.write_failed(key, &e).into());
+        return Err(local.write_failed(key, &e).into());
     }
-    let (crc, stored) = produced.map_err(|e| producing_failed(store, key, &e))?;
-    let (_, latency) = writer.finish(options.fsync).map_err(|e| store.write_failed(key, &e))?;
+    let (crc, stored) = produced.map_err(|e| producing_failed(local.store(), key, &e))?;
+    let (_, latency) = writer.finish(options.fsync).map_err(|e| local.write_failed(key, &e))?;
     Ok((crc, stored, latency))
 }
 
@@ -298,15 +298,15 @@ impl Verifier {
 /// files are read in large sequential reads into one reused buffer on a blocking thread; objects are streamed.
 pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: bool) -> Result<u64, CheckpointError> {
     let mut verifier = Verifier::new(store.uri().join(key).to_string(), compressed)?;
-    if store.is_local() {
+    if let Some(local) = store.local() {
         let size = store.head(key).await?.size;
-        let (store, owned_key, entry) = (store.clone(), key.to_string(), entry.clone());
+        let (owned_key, entry) = (key.to_string(), entry.clone());
         return tokio::task::spawn_blocking(move || {
             let mut buf = AlignedBuf::with_capacity(CHUNK);
             let mut at = 0;
             while at < size {
                 let end = size.min(at + CHUNK as u64);
-                let fetched = store.fetch_local(&owned_key, Some(at..end), buf, None).expect("the store is local")?;
+                let fetched = local.fetch(&owned_key, Some(at..end), buf, None)?;
                 verifier.feed(&fetched.buf.as_slice()[fetched.skip..]);
                 buf = fetched.buf;
                 at = end;

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use crate::config::Config;
 use crate::formats;
 use crate::sink::{ChannelSink, Sink, HANDOFF};
-use crate::storage::{self, BufferPool, StorageError, StorageOptions, Store};
+use crate::storage::{self, BufferPool, LocalFiles, StorageError, StorageOptions, Store};
 use layout::FileSpec;
 
 /// Why generation failed.
@@ -123,9 +123,9 @@ async fn write_one(
     pool: Arc<BufferPool>,
 ) -> Result<(), GenerateError> {
     let seed = data::mix(config.train.seed ^ data::mix(spec.index) ^ data::mix(spec.split as u64 + 1));
-    if store.is_local() {
-        let (store, key) = (store.clone(), spec.key.clone());
-        return tokio::task::spawn_blocking(move || write_local(&store, &config, &spec, seed, &progress))
+    if let Some(local) = store.local() {
+        let key = spec.key.clone();
+        return tokio::task::spawn_blocking(move || write_local(&local, &config, &spec, seed, &progress))
             .await
             .map_err(|e| GenerateError::Format { key, message: e.to_string() })?;
     }
@@ -167,7 +167,7 @@ async fn write_one(
 
 /// Produces and writes one local file from the calling thread, each chunk written while it is in the CPU cache.
 fn write_local(
-    store: &Store,
+    local: &LocalFiles,
     config: &Config,
     spec: &FileSpec,
     seed: u64,
@@ -175,19 +175,19 @@ fn write_local(
 ) -> Result<(), GenerateError> {
     let d = &config.dataset;
     let mut bytes = data::SampleBytes::new(seed, d.compress_ratio, d.dedup_ratio);
-    let mut writer = store.file_writer(&spec.key).expect("the store is local")?;
+    let mut writer = local.file_writer(&spec.key)?;
     let companions = match formats::write_file(config, spec, &mut bytes, &mut Counted { sink: &mut writer, progress }) {
         Ok(companions) => companions,
-        Err(e) if writer.failed() => return Err(store.write_failed(&spec.key, &e).into()),
+        Err(e) if writer.failed() => return Err(local.write_failed(&spec.key, &e).into()),
         Err(e) => return Err(GenerateError::Format { key: spec.key.clone(), message: e.to_string() }),
     };
     for companion in companions {
-        let mut file = store.file_writer(&companion.key).expect("the store is local")?;
+        let mut file = local.file_writer(&companion.key)?;
         file.write(&companion.bytes)
             .and_then(|()| file.finish(false).map(drop))
-            .map_err(|e| store.write_failed(&companion.key, &e))?;
+            .map_err(|e| local.write_failed(&companion.key, &e))?;
     }
-    writer.finish(false).map_err(|e| store.write_failed(&spec.key, &e))?;
+    writer.finish(false).map_err(|e| local.write_failed(&spec.key, &e))?;
     progress.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

@@ -47,6 +47,49 @@ pub struct Store {
     secrets: Arc<Vec<String>>,
 }
 
+/// A [`Store`] of local files (`file://`, `direct://`), from [`Store::local`]: what only local files can do,
+/// synchronously on the calling thread (producers and readers already on a blocking thread). The type exists only
+/// for local stores, so no caller assumes a store is local.
+#[derive(Debug, Clone)]
+pub struct LocalFiles {
+    store: Store,
+    local: Arc<LocalStore>,
+}
+
+impl LocalFiles {
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A writer of `key` used from the calling thread (a producer writes its bytes itself, while they are in the CPU
+    /// cache); the file appears under its name only when finished.
+    pub fn file_writer(&self, key: &str) -> Result<FileWriter, StorageError> {
+        let location = self.store.location(key)?;
+        self.local.file_writer(&location).map_err(|e| self.write_failed(key, &e))
+    }
+
+    /// The error of a failed [`FileWriter`] call on `key`.
+    pub fn write_failed(&self, key: &str, error: &io::Error) -> StorageError {
+        StorageError::from_io(&self.store.shown(key), "write", error)
+    }
+
+    /// [`Store::fetch`] on the calling thread, for callers that read many small objects.
+    pub fn fetch(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        mut buf: AlignedBuf,
+        transfer: Option<usize>,
+    ) -> Result<Fetched, StorageError> {
+        let started = Instant::now();
+        let location = self.store.location(key)?;
+        self.local
+            .read_timed(&location, range, &mut buf, transfer)
+            .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
+            .map_err(|e| StorageError::from_io(&self.store.shown(key), "read", &e))
+    }
+}
+
 /// Opens a location with options (see [`StorageOptions`]); environment variables fill in what options leave out.
 pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageError> {
     let uri = StorageUri::parse(location).map_err(|problem| StorageError::Location { problem })?;
@@ -284,17 +327,11 @@ impl Store {
         mut buf: AlignedBuf,
         transfer: Option<usize>,
     ) -> Result<Fetched, StorageError> {
-        if self.is_local() {
-            let (store, owned_key) = (self.clone(), key.to_string());
-            return tokio::task::spawn_blocking(move || {
-                store.fetch_local(&owned_key, range, buf, transfer).expect("the store is local")
-            })
-            .await
-            .map_err(|e| StorageError::Backend {
-                uri: self.shown(key),
-                operation: "read",
-                message: e.to_string(),
-            })?;
+        if let Some(local) = self.local() {
+            let owned_key = key.to_string();
+            return tokio::task::spawn_blocking(move || local.fetch(&owned_key, range, buf, transfer)).await.map_err(
+                |e| StorageError::Backend { uri: self.shown(key), operation: "read", message: e.to_string() },
+            )?;
         }
         let location = self.location(key)?;
         let started = Instant::now();
@@ -328,42 +365,15 @@ impl Store {
         Ok(Fetched { buf, skip: 0, first_byte: first_byte.unwrap_or_default() })
     }
 
-    /// Whether the store is local files (`file://`, `direct://`), which [`Self::fetch_local`] reads synchronously.
+    /// Whether the store is local files (`file://`, `direct://`); [`Self::local`] gives what only they can do.
     pub fn is_local(&self) -> bool {
         self.local.is_some()
     }
 
-    /// For local stores, a writer of `key` used from the calling thread (a producer on a blocking thread writes
-    /// its bytes itself, while they are in the CPU cache); `None` for object stores.
-    pub fn file_writer(&self, key: &str) -> Option<Result<FileWriter, StorageError>> {
-        let local = self.local.as_ref()?;
-        Some(self.location(key).and_then(|location| {
-            local.file_writer(&location).map_err(|e| StorageError::from_io(&self.shown(key), "write", &e))
-        }))
-    }
-
-    /// The error of a failed [`FileWriter`] call on `key`.
-    pub fn write_failed(&self, key: &str, error: &io::Error) -> StorageError {
-        StorageError::from_io(&self.shown(key), "write", error)
-    }
-
-    /// [`Self::fetch`] on the calling thread, for local stores (`None` otherwise): for callers already on a blocking
-    /// thread that read many small objects.
-    pub fn fetch_local(
-        &self,
-        key: &str,
-        range: Option<Range<u64>>,
-        mut buf: AlignedBuf,
-        transfer: Option<usize>,
-    ) -> Option<Result<Fetched, StorageError>> {
-        let local = self.local.as_ref()?;
-        let started = Instant::now();
-        Some(self.location(key).and_then(|location| {
-            local
-                .read_timed(&location, range, &mut buf, transfer)
-                .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
-                .map_err(|e| StorageError::from_io(&self.shown(key), "read", &e))
-        }))
+    /// The store as local files (`file://`, `direct://`), `None` for object stores.
+    pub fn local(&self) -> Option<LocalFiles> {
+        let local = Arc::clone(self.local.as_ref()?);
+        Some(LocalFiles { store: self.clone(), local })
     }
 
     /// Size and modification time of the object.
