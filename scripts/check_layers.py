@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Fails when the top-level modules of the core crate reference each other in a cycle.
+"""Fails when the top-level modules of the core crate reference each other in a cycle, or a pure module does IO.
 
 Counts `use crate::x...` lines, `use crate::{x, y::z}` groups and inline `crate::x::` paths in every
-`.rs` file of a module (tests included), then prints the edges of every cycle it finds.
+`.rs` file of a module (tests included), then prints the edges of every cycle it finds. The pure modules (PURE)
+only compute: any file, socket, process or async-runtime API in them (or a reference to `storage`) is reported with
+its file and line.
 Usage: check_layers.py [SRC_DIR]   (default: crates/dl-driver-core/src)
 """
 
@@ -13,6 +15,9 @@ import sys
 from pathlib import Path
 
 GROUP_START = re.compile(r"\bcrate::\{")
+#: Modules that only compute (encode, decode, lay out, describe); their callers do the IO.
+PURE = {"formats", "layout", "records", "uri"}
+IO = re.compile(r"\b(std::(fs|net|process|os::unix::fs)\b|std::\{[^}]*\b(fs|net|process)\b|tokio::|object_store::|File::|crate::storage\b)")
 PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 
 
@@ -72,6 +77,19 @@ def edges(src: Path) -> dict[str, dict[str, list[str]]]:
     return graph
 
 
+def io_uses(src: Path) -> list[str]:
+    """`file:line: what` for every IO API a pure module's files name."""
+    found = []
+    for file in sorted(src.rglob("*.rs")):
+        if module_of(src, file) not in PURE:
+            continue
+        for number, line in enumerate(file.read_text().splitlines(), 1):
+            code = line.split("//", 1)[0]
+            for match in IO.finditer(code):
+                found.append(f"{file.relative_to(src)}:{number}: {match.group(0)}")
+    return found
+
+
 def cycles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
@@ -114,8 +132,11 @@ def main(argv: list[str]) -> int:
         return 2
     graph = edges(src)
     found = cycles(graph)
-    if not found:
-        print(f"check_layers: {len(graph)} top-level modules of {src}, no import cycle")
+    io = io_uses(src)
+    for use in io:
+        print(f"check_layers: pure module does IO (its callers should): {use}", file=sys.stderr)
+    if not found and not io:
+        print(f"check_layers: {len(graph)} top-level modules of {src}, no import cycle, no IO in {', '.join(sorted(PURE))}")
         return 0
     for component in found:
         members = set(component)

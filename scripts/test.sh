@@ -17,7 +17,7 @@ if ! scripts/servers.sh status >/dev/null; then
 fi
 eval "$(scripts/servers.sh env)"
 
-step "core module layers (no import cycle)"
+step "core module layers (no import cycle, no IO in the pure modules)"
 python3 scripts/check_layers.py
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -43,3 +43,22 @@ def test_an_upward_import_is_reported_with_its_edges(tmp_path: Path, file: str, 
     assert result.returncode == 1
     assert "import cycle" in result.stderr
     assert edge in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "shown"),
+    [
+        ("formats/npy.rs", "fn save() { std::fs::write(\"x\", b\"\").unwrap(); }", "formats/npy.rs:"),
+        ("formats/mod.rs", "use std::{fs, io::Read};", "std::{fs"),
+        ("layout/mod.rs", "async fn later() { tokio::task::yield_now().await }", "tokio::"),
+        ("formats/read.rs", "fn s(_: &crate::storage::Store) {}", "crate::storage"),
+    ],
+)
+def test_io_in_a_pure_module_is_reported(tmp_path: Path, file: str, line: str, shown: str) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(SRC, src)
+    target = src / file
+    target.write_text(target.read_text() + "\n" + line + "\n")
+    result = check(src)
+    assert result.returncode == 1
+    assert "pure module does IO" in result.stderr and shown in result.stderr, result.stderr
