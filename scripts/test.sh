@@ -10,11 +10,9 @@ if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/
 ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "tensorflow-cpu>=2.15"
 
 step "storage servers (moto, SeaweedFS, Azurite)"
-# Servers already running (another session's) are used and left running; the ones started here are stopped.
-if ! scripts/servers.sh status >/dev/null; then
-  scripts/servers.sh start
-  trap 'scripts/servers.sh stop' EXIT
-fi
+# Servers already running (another session's) are used and left running; only the ones started here are stopped.
+started=$(scripts/servers.sh start | tee /dev/stderr | sed -n 's/^\([a-z0-9_-]*\): starting on .*/\1/p' | xargs)
+if [ -n "$started" ]; then trap "scripts/servers.sh stop $started" EXIT; fi
 eval "$(scripts/servers.sh env)"
 
 step "core module layers (no import cycle, no IO in the pure modules)"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests_support import DL_DRIVER
+from tests_support import DL_DRIVER, SERVERS_SH, start_servers
 
 
 @pytest.fixture
@@ -26,7 +26,6 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-REPO = Path(__file__).resolve().parent.parent
 SERVER_VARIABLES = (
     "DL_DRIVER_TEST_MOTO_ENDPOINT",
     "DL_DRIVER_TEST_SEAWEED_ENDPOINT",
@@ -36,13 +35,13 @@ SERVER_VARIABLES = (
 
 
 @pytest.fixture(scope="session")
-def servers() -> dict[str, str]:
-    """The test servers' endpoints: from the environment (scripts/test.sh starts them), else started here."""
-    started = False
+def servers() -> Iterator[dict[str, str]]:
+    """The test servers' endpoints: from the environment (scripts/test.sh starts them), else started here; at the
+    end it stops only the servers it started (one already running, another session's, keeps running)."""
+    started: list[str] = []
     if not all(os.environ.get(v) for v in SERVER_VARIABLES):
-        subprocess.run([str(REPO / "scripts" / "servers.sh"), "start"], check=True, timeout=600)
-        started = True
-        env = subprocess.run([str(REPO / "scripts" / "servers.sh"), "env"], check=True, capture_output=True, text=True)
+        started = start_servers()
+        env = subprocess.run([str(SERVERS_SH), "env"], check=True, capture_output=True, text=True)
         for line in env.stdout.splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
             if name:
@@ -53,4 +52,4 @@ def servers() -> dict[str, str]:
         "azurite": os.environ["DL_DRIVER_TEST_AZURITE_ENDPOINT"],
     }
     if started:
-        subprocess.run([str(REPO / "scripts" / "servers.sh"), "stop"], check=True, timeout=120)
+        subprocess.run([str(SERVERS_SH), "stop", *started], check=True, timeout=120)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 DL_DRIVER = shutil.which("dl-driver") or str(Path(sys.executable).with_name("dl-driver"))
+SERVERS_SH = Path(__file__).resolve().parent.parent / "scripts" / "servers.sh"
+
+
+def start_servers(*names: str, env: dict[str, str] | None = None) -> list[str]:
+    """Runs `servers.sh start [NAME...]`; returns the servers this call started (not those already running)."""
+    out = subprocess.run([str(SERVERS_SH), "start", *names], check=True, capture_output=True, text=True, timeout=600, env=env)
+    return [line.split(":", 1)[0] for line in out.stdout.splitlines() if ": starting on " in line]
 
 
 def numpy_shapes(record_length: float, stdev: float, files: int) -> list[tuple[int, int]]:
