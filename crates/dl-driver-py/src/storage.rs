@@ -28,7 +28,7 @@ pub fn open_store(uri: &str, options: Option<HashMap<String, String>>) -> PyResu
     storage::open(uri, &opts).map_err(storage_error)
 }
 
-/// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path).
+/// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `memory://` or a local path).
 #[pyclass(frozen, module = "dl_driver._core")]
 pub struct Store {
     inner: storage::Store,
