@@ -21,7 +21,7 @@ def open(uri: str, **options: str | int | float | bool) -> Store:  # noqa: A001 
 
     Args:
         uri: ``file://PATH``, ``direct://PATH`` (O_DIRECT), ``s3://BUCKET/PREFIX``, ``az://CONTAINER/PREFIX``,
-            ``gs://BUCKET/PREFIX``, ``memory://PREFIX`` or a local path.
+            ``memory://PREFIX`` or a local path.
         options: DLIO's storage_options names (``access_key_id``, ``secret_access_key``, ``endpoint_url``, ``region``,
             ``s3_force_path_style``, ``s3_max_attempts``), dl-driver's (``max_in_flight``, ``part_size``,
             ``max_retries``, ``retry_timeout``, ``backoff_initial``, ``backoff_max``) or the backend's object_store

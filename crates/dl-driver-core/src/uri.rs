@@ -13,7 +13,8 @@ pub enum Scheme {
     S3,
     /// Azure Blob Storage (`az://container/prefix`).
     Az,
-    /// Google Cloud Storage (`gs://bucket/prefix`).
+    /// Google Cloud Storage (`gs://bucket/prefix`): opens, but no test covers it (no installable GCS emulator
+    /// accepts object_store's uploads; docs/storage.md), so messages do not offer it.
     Gs,
     /// An in-process store (`memory://prefix`), for tests and overhead measurements.
     Memory,
@@ -65,9 +66,9 @@ impl StorageUri {
             "memory" => Scheme::Memory,
             other => {
                 return Err(format!(
-                "unsupported URI scheme '{other}://' in '{text}': expected file://, direct://, s3://, az://, gs://, \
+                    "unsupported URI scheme '{other}://' in '{text}': expected file://, direct://, s3://, az://, \
                      memory:// or a local path"
-            ))
+                ))
             }
         };
         if !scheme.has_bucket() {

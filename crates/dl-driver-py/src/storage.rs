@@ -20,7 +20,7 @@ pub fn open_store(uri: &str, options: Option<HashMap<String, String>>) -> Result
     Ok(storage::open(uri, &opts)?)
 }
 
-/// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path).
+/// An open storage location (`file://`, `direct://`, `s3://`, `az://`, `memory://` or a local path).
 #[pyclass(frozen, module = "dl_driver._core")]
 pub struct Store {
     inner: storage::Store,

@@ -229,7 +229,7 @@ impl Default for Workflow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Dataset {
-    /// A local path or a URI (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://`).
+    /// A local path or a URI (`file://`, `direct://`, `s3://`, `az://`, `memory://`).
     pub data_folder: String,
     pub format: Format,
     pub num_files_train: u64,

@@ -1,5 +1,6 @@
-//! Storage: a location (`file://`, `direct://`, `s3://`, `az://`, `gs://`, `memory://` or a local path) opens as a
-//! [`Store`]: an `object_store::ObjectStore` plus the location's prefix, with the operations the engine needs.
+//! Storage: a location (`file://`, `direct://`, `s3://`, `az://`, `memory://` or a local path) opens as a [`Store`]:
+//! an `object_store::ObjectStore` plus the location's prefix, with the operations the engine needs. `gs://` opens
+//! object_store's `GoogleCloudStorage` too, untested (docs/storage.md says why).
 //! Nothing above this module branches on the backend.
 
 mod buffer;
