@@ -1,4 +1,41 @@
-"""Type stubs of the Rust extension module ``dl_driver._core`` (thin bindings of dl-driver-core)."""
+"""Type stubs of the Rust extension module ``dl_driver._core`` (thin bindings of dl-driver-core).
+
+Every name the module exports is here, with the argument names and defaults of its ``#[pyo3(signature)]``;
+tests/test_typing.py runs mypy's stubtest against the built module to keep it so. Arguments that PyO3 extracts
+as a ``Vec`` are typed ``list``: PyO3 also takes a tuple, but refuses a ``str``, which ``Sequence[str]`` would let
+through. The classes cannot be subclassed (``@final``), and those without a constructor are made only by the module.
+"""
+
+import builtins
+from typing import ClassVar, Self, final
+
+__all__ = [
+    "FREE_FORM_KEYS",
+    "Batches",
+    "Buffer",
+    "CheckpointError",
+    "ConfigError",
+    "DlDriverError",
+    "FormatError",
+    "LoadResult",
+    "ObjectInfo",
+    "PyBatch",
+    "StorageError",
+    "Store",
+    "__version__",
+    "builtin_workloads",
+    "checkpoint_delete",
+    "checkpoint_list",
+    "checkpoint_verify",
+    "config_yaml",
+    "generate",
+    "is_secret_key",
+    "json_to_yaml",
+    "load_config",
+    "plan_json",
+    "redacted_config_json",
+    "run_benchmark",
+]
 
 __version__: str
 FREE_FORM_KEYS: list[str]
@@ -16,91 +53,22 @@ class StorageError(DlDriverError):
 class FormatError(DlDriverError):
     """A dataset file could not be encoded or decoded."""
 
-def generate(
-    config_json: str,
-    rank: int = 0,
-    world_size: int = 1,
-    skip_existing: bool = False,
-    threads: int | None = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Generates one rank's share of a resolved config's dataset: ``{files_written, files_skipped, bytes_written, seconds}``."""
-
-def run_benchmark(
-    config_json: str,
-    source_name: str,
-    overrides: list[str],
-    rank: int = 0,
-    world_size: int = 1,
-    console: bool = True,
-    progress: bool = False,
-    plugins: list[object] = ...,
-) -> tuple[str, str, bool]: ...
-
 class CheckpointError(DlDriverError):
     """A checkpoint is incomplete, corrupt or cannot be written."""
 
-def checkpoint_list(uri: str, options: dict[str, str] | None = None) -> str: ...
-def checkpoint_verify(uri: str, name: str, options: dict[str, str] | None = None) -> int: ...
-def checkpoint_delete(uri: str, name: str, options: dict[str, str] | None = None) -> int: ...
-
-class PyBatch:
-    samples: list[int]
-    spans: list[tuple[int, int]]
-    data: Buffer
-    bytes_read: int
-
-class Batches:
-    def __init__(
-        self, config_json: str, split: str = "train", epoch: int = 1, rank: int = 0, world_size: int = 1
-    ) -> None: ...
-    def __iter__(self) -> Batches: ...
-    def __next__(self) -> PyBatch: ...
-
-class Buffer:
-    """Bytes read from storage, shared without a copy through the buffer protocol (memoryview, numpy, bytes())."""
-
-    def __len__(self) -> int: ...
-    def __bytes__(self) -> bytes: ...
-    def __buffer__(self, flags: int) -> memoryview: ...
-    def __eq__(self, other: object) -> bool: ...
-
-class ObjectInfo:
-    """An object as listed: its key relative to the store's location, size in bytes, POSIX modification time."""
-
-    key: str
-    size: int
-    last_modified: float
-
-class Store:
-    """An open storage location; every call releases the GIL and can be interrupted with Ctrl-C."""
-
-    def __init__(self, uri: str, options: dict[str, str] | None = None) -> None: ...
-    @property
-    def uri(self) -> str: ...
-    def get(self, key: str) -> Buffer:
-        """The whole object; FileNotFoundError when missing."""
-    def get_range(self, key: str, start: int, end: int) -> Buffer:
-        """Bytes ``start..end`` of the object."""
-    def put(self, key: str, data: bytes | bytearray) -> None:
-        """Writes the object (multipart above the part size); visible only once complete."""
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Objects below ``prefix``, sorted by key."""
-    def head(self, key: str) -> ObjectInfo:
-        """Size and modification time; FileNotFoundError when missing."""
-    def exists(self, key: str) -> bool: ...
-    def delete(self, key: str) -> None:
-        """Deletes the object; a missing object is not an error."""
-    def read_objects(self, keys: list[str], concurrency: int = 1) -> dict[str, float]:
-        """Reads every object once into reused page-aligned buffers (data discarded): ``{objects, bytes, seconds}``."""
-
+@final
 class LoadResult:
     """What ``load_config`` returns."""
 
-    config_json: str
-    warnings: list[str]
-    source_name: str
-    overrides: list[str]
+    @property
+    def config_json(self) -> str:
+        """The resolved config as JSON text."""
+    @property
+    def warnings(self) -> list[str]: ...
+    @property
+    def source_name(self) -> str: ...
+    @property
+    def overrides(self) -> list[str]: ...
 
 def load_config(
     source: str,
@@ -129,3 +97,104 @@ def is_secret_key(key: str) -> bool:
 
 def builtin_workloads() -> list[str]:
     """Names of the built-in workloads."""
+
+def generate(
+    config_json: str,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_existing: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Generates one rank's share of a resolved config's dataset: ``{files_written, files_skipped, bytes_written, seconds}``."""
+
+def run_benchmark(
+    config_json: str,
+    source_name: str,
+    overrides: list[str],
+    rank: int = 0,
+    world_size: int = 1,
+    console: bool = True,
+    progress: bool = False,
+    plugins: list[object] = ...,
+) -> tuple[str, str, bool]:
+    """Runs the workload with the plugins its config asks for and ``plugins``: (summary JSON, report JSON, interrupted)."""
+
+def checkpoint_list(uri: str, options: dict[str, str] | None = None) -> str:
+    """The checkpoints under ``uri`` as JSON: ``[{name, complete, objects, stored_bytes}]``."""
+
+def checkpoint_verify(uri: str, name: str, options: dict[str, str] | None = None) -> int:
+    """Reads checkpoint ``name`` and verifies every file against its manifest; returns the bytes read."""
+
+def checkpoint_delete(uri: str, name: str, options: dict[str, str] | None = None) -> int:
+    """Deletes checkpoint ``name`` (manifest first); returns the objects deleted."""
+
+@final
+class Buffer:
+    """Bytes read from storage, shared without a copy through the buffer protocol (memoryview, numpy, bytes())."""
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]  # unhashable at runtime, as it defines __eq__
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes:
+        """A copy as ``bytes``."""
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class PyBatch:
+    """One batch: the sample ids, and their bytes back to back (sample ``i`` at ``spans[i]``)."""
+
+    @property
+    def samples(self) -> list[int]: ...
+    @property
+    def spans(self) -> list[tuple[int, int]]: ...
+    @property
+    def data(self) -> Buffer: ...
+    @property
+    def bytes_read(self) -> int: ...
+
+@final
+class Batches:
+    """An epoch of one phase read through the pipeline, batch by batch."""
+
+    def __new__(
+        cls, config_json: str, split: str = "train", epoch: int = 1, rank: int = 0, world_size: int = 1
+    ) -> Self: ...
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> PyBatch: ...
+
+@final
+class ObjectInfo:
+    """An object as listed: its key relative to the store's location, size in bytes, POSIX modification time."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def last_modified(self) -> float:
+        """POSIX timestamp in seconds."""
+
+@final
+class Store:
+    """An open storage location; every call releases the GIL and can be interrupted with Ctrl-C."""
+
+    def __new__(cls, uri: str, options: dict[str, str] | None = None) -> Self: ...
+    @property
+    def uri(self) -> str:
+        """The location, as a URI."""
+    def get(self, key: str) -> Buffer:
+        """The whole object; FileNotFoundError when missing."""
+    def get_range(self, key: str, start: int, end: int) -> Buffer:
+        """Bytes ``start..end`` of the object."""
+    def put(self, key: str, data: bytes | bytearray) -> None:
+        """Writes the object (multipart above the part size); visible only once complete."""
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        """Objects below ``prefix``, sorted by key."""
+    def head(self, key: str) -> ObjectInfo:
+        """Size and modification time; FileNotFoundError when missing."""
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None:
+        """Deletes the object; a missing object is not an error."""
+    def read_objects(self, keys: builtins.list[str], concurrency: int = 1) -> dict[str, float]:
+        """Reads every object once into reused page-aligned buffers (data discarded): ``{objects, bytes, seconds}``."""
