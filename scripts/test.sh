@@ -18,6 +18,8 @@ eval "$(scripts/servers.sh env)"
 
 step "core module layers (no import cycle, no IO in the pure modules)"
 python3 scripts/check_layers.py
+step "mypy --strict python/dl_driver"
+"$venv/bin/mypy" --strict python/dl_driver
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"

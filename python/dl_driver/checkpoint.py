@@ -4,14 +4,24 @@ them. Storage options are the same as ``dl_driver.storage.open``'s."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TypedDict
 
 from dl_driver import _core
 
 
-def list_checkpoints(uri: str, **options: str) -> list[dict[str, Any]]:
+class CheckpointInfo(TypedDict):
+    """A checkpoint folder as listed: complete when its manifest is there (it is written last)."""
+
+    name: str
+    complete: bool
+    objects: int
+    stored_bytes: int
+
+
+def list_checkpoints(uri: str, **options: str) -> list[CheckpointInfo]:
     """``[{name, complete, objects, stored_bytes}]``, oldest step first; incomplete ones have no manifest."""
-    return json.loads(_core.checkpoint_list(uri, options or None))
+    listed: list[CheckpointInfo] = json.loads(_core.checkpoint_list(uri, options or None))
+    return listed
 
 
 def verify(uri: str, name: str, **options: str) -> int:

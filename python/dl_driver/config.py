@@ -148,7 +148,8 @@ class Config:
         evaluation and checkpoint schedules, checkpoint size."""
         if not isinstance(world_size, int) or not 1 <= world_size <= 2**32:
             raise ConfigError(f"world size {world_size!r}: expected a process count from 1 to 2**32")
-        return json.loads(_core.plan_json(json.dumps(self._data), self.source_name, world_size))
+        plan: dict[str, Any] = json.loads(_core.plan_json(json.dumps(self._data), self.source_name, world_size))
+        return plan
 
     def set(self, path: str, value: Any) -> None:
         """Sets a dotted key path (``cfg.set("reader.batch_size", 8)``), validated like attribute assignment."""

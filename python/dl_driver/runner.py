@@ -25,12 +25,14 @@ class Report:
     @property
     def epochs(self) -> list[dict[str, Any]]:
         """This rank's epochs: AU, throughput, blocks, evaluation and access-order digests."""
-        return self.details.get("epochs", [])
+        epochs: list[dict[str, Any]] = self.details.get("epochs", [])
+        return epochs
 
     @property
     def latency(self) -> dict[str, dict[str, float]]:
         """This rank's per-stage latency: count, mean and percentiles in microseconds."""
-        return self.details.get("latency", {})
+        latency: dict[str, dict[str, float]] = self.details.get("latency", {})
+        return latency
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,7 +106,7 @@ def batches(
     epoch: int = 1,
     rank: int | None = None,
     world_size: int | None = None,
-) -> Iterator[Any]:
+) -> Iterator[_core.PyBatch]:
     """One epoch of ``split`` ('train' or 'valid') read through the reader pipeline, in the sampler's order.
 
     Each batch has ``samples`` (global sample ids), ``data`` (the samples' bytes back to back, a zero-copy buffer),
