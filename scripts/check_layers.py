@@ -85,8 +85,7 @@ def io_uses(src: Path) -> list[str]:
             continue
         for number, line in enumerate(file.read_text().splitlines(), 1):
             code = line.split("//", 1)[0]
-            for match in IO.finditer(code):
-                found.append(f"{file.relative_to(src)}:{number}: {match.group(0)}")
+            found.extend(f"{file.relative_to(src)}:{number}: {match.group(0)}" for match in IO.finditer(code))
     return found
 
 

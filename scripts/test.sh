@@ -8,7 +8,7 @@ source scripts/common.sh
 step "toolchain and test dependencies"
 if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "tensorflow-cpu>=2.15" \
-  "mypy>=2.4"
+  "mypy>=2.4" "ruff>=0.17"
 
 step "storage servers (moto, SeaweedFS, Azurite)"
 # Servers already running (another session's) are used and left running; only the ones started here are stopped.
@@ -18,6 +18,8 @@ eval "$(scripts/servers.sh env)"
 
 step "core module layers (no import cycle, no IO in the pure modules)"
 python3 scripts/check_layers.py
+step "ruff check python tests scripts"
+"$venv/bin/ruff" check python tests scripts
 step "mypy --strict python/dl_driver"
 "$venv/bin/mypy" --strict python/dl_driver
 step "cargo fmt --check"

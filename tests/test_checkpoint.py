@@ -152,7 +152,7 @@ def test_python_plugins_see_the_hooks_in_order(tmp_path: Path) -> None:
                 raise ValueError("out of paper")
 
     # A Python plugin's exception comes back as itself (not a DlDriverError), with a note naming the hook.
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(ValueError, match="out of paper") as raised:
         dl_driver.DlioRunner(cfg, plugins=[Broken()]).run_benchmark()
     assert str(raised.value) == "out of paper"
     assert raised.value.__notes__ == ["raised by plugin 'Broken' in after_step"]
@@ -200,8 +200,8 @@ def test_a_2gib_shard_streams_with_bounded_memory(tmp_path: Path) -> None:
             "++workload.checkpoint.num_checkpoints_read=0", f"++workload.checkpoint.checkpoint_folder={tmp_path / 'ckpt'}",
             f"++workload.output.folder={tmp_path / 'out'}"]
     # Measured from a small intermediate process (a fork inherits this process's high-water mark).
-    probe = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); " \
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True)
     shard = tmp_path / "ckpt" / "global_epoch1_step1" / "model_states-0.pt"
     assert shard.stat().st_size == 2 * 1024 * MIB
@@ -231,6 +231,7 @@ def start_azurite(location: Path, port: int) -> subprocess.Popen[bytes]:
 def staged_blobs(endpoint: str, container: str, prefix: str) -> list[str]:
     """Blobs under `prefix` with blocks staged but not committed yet (an upload in flight), or committed."""
     from azure.storage.blob import BlobServiceClient
+
     from test_storage_conformance import AZURITE_KEY
 
     service = BlobServiceClient(account_url=endpoint, credential={"account_name": "devstoreaccount1", "account_key": AZURITE_KEY})

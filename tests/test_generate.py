@@ -53,9 +53,7 @@ def test_npy_files(tmp_path: Path) -> None:
 
 def test_ranks_write_disjoint_files(tmp_path: Path) -> None:
     cfg = config(tmp_path, "npy", num_files_train=5, record_length_bytes=4096)
-    written = []
-    for rank in range(2):
-        written.append(int(dl_driver.generate(cfg, rank=rank, world_size=2)["files_written"]))
+    written = [int(dl_driver.generate(cfg, rank=rank, world_size=2)["files_written"]) for rank in range(2)]
     assert written == [3, 2]
     assert len(list((tmp_path / "data" / "train").iterdir())) == 5
 
@@ -78,10 +76,8 @@ def test_every_backend_gets_the_same_files(backend: str, tmp_path: Path, request
         azure_container(endpoint, "dl-driver-tests")
         folder = f"az://dl-driver-tests/{run}"
         options = {"account_name": "devstoreaccount1", "account_key": AZURITE_KEY, "endpoint": endpoint}
-    cfg = config(tmp_path, "npz", **{
-        "data_folder": folder, "num_files_train": 4, "num_files_eval": 1, "record_length_bytes": 300_000,
-        "record_length_bytes_stdev": 50_000, "num_subfolders_train": 0, "num_subfolders_eval": 0,
-    })
+    cfg = config(tmp_path, "npz", data_folder=folder, num_files_train=4, num_files_eval=1, record_length_bytes=300_000,
+                 record_length_bytes_stdev=50_000, num_subfolders_train=0, num_subfolders_eval=0)
     cfg.storage.storage_options = options
     dl_driver.generate(cfg)
     store = dl_driver.storage.open(folder, **options)
@@ -386,8 +382,8 @@ def test_peak_memory_stays_bounded_for_unet3d_sized_samples(tmp_path: Path) -> N
             "++workload.dataset.num_files_train=8"]
     # A fork inherits its parent's resident-set high-water mark, and this test process may hold TensorFlow: measure
     # from a small intermediate Python process instead.
-    probe = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); " \
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True)
     written = sum(p.stat().st_size for p in (tmp_path / "d").rglob("*.npz"))
     assert written > 1000 * MIB

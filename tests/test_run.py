@@ -201,7 +201,7 @@ def test_a_missing_dataset_is_a_clear_error_that_writes_no_run_files(tmp_path: P
 def test_a_corrupt_file_fails_naming_it(tmp_path: Path) -> None:
     cfg = workload(tmp_path, "tfrecord", **{"train.epochs": 1})
     dl_driver.generate(cfg)
-    victim = sorted((tmp_path / "data" / "train").iterdir())[0]
+    victim = min((tmp_path / "data" / "train").iterdir())
     data = bytearray(victim.read_bytes())
     data[100] ^= 0xFF
     victim.write_bytes(bytes(data))

@@ -4,6 +4,7 @@ Azure Blob on Azurite. The servers are real processes on 127.0.0.1 (scripts/serv
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -37,10 +38,8 @@ def s3_bucket(endpoint: str, name: str) -> None:
     client = boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
     )
-    try:
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=name)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
 
 
 def azure_container(endpoint: str, name: str) -> None:
@@ -48,10 +47,8 @@ def azure_container(endpoint: str, name: str) -> None:
     from azure.storage.blob import BlobServiceClient
 
     service = BlobServiceClient(account_url=endpoint, credential={"account_name": "devstoreaccount1", "account_key": AZURITE_KEY})
-    try:
+    with contextlib.suppress(ResourceExistsError):
         service.create_container(name)
-    except ResourceExistsError:
-        pass
 
 
 BACKENDS = ["memory", "file", "direct", "s3-moto", "s3-seaweedfs", "az-azurite"]

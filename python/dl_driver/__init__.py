@@ -3,8 +3,7 @@
 The engine is Rust (``dl_driver._core``); this package is the Python face of it.
 """
 
-from dl_driver import storage
-from dl_driver import checkpoint
+from dl_driver import checkpoint, storage
 from dl_driver._core import CheckpointError, ConfigError, DlDriverError, FormatError, StorageError, __version__
 from dl_driver.config import Config, ConfigWarning, load_dlio_config, workloads
 from dl_driver.generation import generate

@@ -16,7 +16,7 @@ from dl_driver._core import Buffer, ObjectInfo, StorageError, Store
 __all__ = ["Buffer", "ObjectInfo", "StorageError", "Store", "open"]
 
 
-def open(uri: str, **options: str | int | float | bool) -> Store:  # noqa: A001 - mirrors builtins.open on purpose
+def open(uri: str, **options: str | float | bool) -> Store:  # noqa: A001 - mirrors builtins.open on purpose
     """Opens a storage location.
 
     Args:
@@ -31,7 +31,7 @@ def open(uri: str, **options: str | int | float | bool) -> Store:  # noqa: A001 
     return Store(uri, {key: _text(value) for key, value in options.items()})
 
 
-def _text(value: str | int | float | bool) -> str:
+def _text(value: str | float | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
