@@ -17,7 +17,9 @@ from pathlib import Path
 GROUP_START = re.compile(r"\bcrate::\{")
 #: Modules that only compute (encode, decode, lay out, describe); their callers do the IO.
 PURE = {"formats", "layout", "records", "uri"}
-IO = re.compile(r"\b(std::(fs|net|process|os::unix::fs)\b|std::\{[^}]*\b(fs|net|process)\b|tokio::|object_store::|File::|crate::storage\b)")
+IO = re.compile(
+    r"\b(std::(fs|net|process|os::unix::fs)\b|std::\{[^}]*\b(fs|net|process)\b|tokio::|object_store::|File::|crate::storage\b)"
+)
 PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 
 
@@ -135,7 +137,9 @@ def main(argv: list[str]) -> int:
     for use in io:
         print(f"check_layers: pure module does IO (its callers should): {use}", file=sys.stderr)
     if not found and not io:
-        print(f"check_layers: {len(graph)} top-level modules of {src}, no import cycle, no IO in {', '.join(sorted(PURE))}")
+        print(
+            f"check_layers: {len(graph)} top-level modules of {src}, no import cycle, no IO in {', '.join(sorted(PURE))}"
+        )
         return 0
     for component in found:
         members = set(component)

@@ -20,6 +20,8 @@ step "core module layers (no import cycle, no IO in the pure modules)"
 python3 scripts/check_layers.py
 step "ruff check python tests scripts"
 "$venv/bin/ruff" check python tests scripts
+step "ruff format --check python scripts"
+"$venv/bin/ruff" format --check python scripts
 step "mypy --strict python/dl_driver"
 "$venv/bin/mypy" --strict python/dl_driver
 step "cargo fmt --check"

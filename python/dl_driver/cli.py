@@ -22,7 +22,6 @@ PLANNED = {
 }
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dl-driver",
@@ -44,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threads", type=int, metavar="N", help="files produced at once (default: the number of CPUs)")
     gen.set_defaults(handler=_generate)
     run = commands.add_parser(
-        "run", help="run a workload: generate its data (workflow.generate_data), train, evaluate; write DLIO's run files"
+        "run",
+        help="run a workload: generate its data (workflow.generate_data), train, evaluate; write DLIO's run files",
     )
     _workload_arguments(run)
     run.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt = commands.add_parser("checkpoint", help="list, verify or delete the checkpoints under a location")
     ckpt.add_argument("action", choices=["list", "verify", "delete"])
     ckpt.add_argument("uri", help="the checkpoint folder (checkpoint.checkpoint_folder), a path or a URI")
-    ckpt.add_argument("names", nargs="*", help="checkpoints to verify or delete (default for verify: every complete one)")
+    ckpt.add_argument(
+        "names", nargs="*", help="checkpoints to verify or delete (default for verify: every complete one)"
+    )
     ckpt.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a storage option (as in storage_options)"
     )
@@ -89,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        after = "; the files already there are complete: add --skip-existing to finish" if args.command == "generate" else ""
+        after = (
+            "; the files already there are complete: add --skip-existing to finish"
+            if args.command == "generate"
+            else ""
+        )
         print(f"dl-driver {args.command}: interrupted{after}", file=sys.stderr)
         return 130
     except (DlDriverError, OSError) as e:  # OSError: FileNotFoundError from storage, and local files we open
@@ -153,9 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         _generate_config(cfg, args)
     if not (cfg.workflow.train or cfg.workflow.checkpoint):
         return 0
-    runner = DlioRunner(
-        cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty()
-    )
+    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty())
     report = runner.run_benchmark()
     if report.interrupted:
         print(f"dl-driver run: interrupted; what was measured is in {cfg.output.folder}", file=sys.stderr)

@@ -86,7 +86,9 @@ def _dumps(value: object, what: str) -> str:
     try:
         return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{what} holds a value that is not plain data (str, int, float, bool, None, list, dict): {e}") from None
+        raise ConfigError(
+            f"{what} holds a value that is not plain data (str, int, float, bool, None, list, dict): {e}"
+        ) from None
 
 
 class Config:
