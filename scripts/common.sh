@@ -8,20 +8,28 @@ venv=${DL_DRIVER_VENV:-$cache/venv}
 
 step() { printf '\n== %s\n' "$*"; }
 
-# ensure_venv PACKAGE...: creates the venv if missing and installs the packages into it.
+# ensure_venv PACKAGE...: creates the venv if missing and installs the packages into it, with what install_wheel
+# needs: maturin, ziglang (zig links the extension against glibc 2.17's symbols) and auditwheel (checks it).
 ensure_venv() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "maturin>=1.9.4,<2" "$@"
+  "$venv/bin/python" -m pip install -q "maturin>=1.9.4,<2" "ziglang>=0.17.1,<0.18" "auditwheel>=6.1" "$@"
 }
 
-# install_wheel: builds the release wheel and installs it into the venv.
+# install_wheel: builds the sdist, checks it holds every file a build needs, builds the release wheel from it (the
+# manylinux policy of pyproject.toml's [tool.maturin] compatibility, linked by zig against that glibc), checks the
+# wheel's tag with auditwheel and installs it into the venv. The sdist is unpacked into $CARGO_TARGET_DIR/sdist-src,
+# where only changed files are rewritten, so cargo rebuilds what changed and no more.
 install_wheel() {
-  local wheels
-  wheels=$(mktemp -d)
-  "$venv/bin/maturin" build --release --out "$wheels"
-  "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheels"/dl_driver-*.whl
-  rm -rf "$wheels"
+  local dist src=$CARGO_TARGET_DIR/sdist-src
+  dist=$(mktemp -d)
+  "$venv/bin/maturin" sdist --out "$dist"
+  "$venv/bin/python" scripts/check_dist.py sdist "$dist"/dl_driver-*.tar.gz
+  "$venv/bin/python" scripts/check_dist.py unpack "$dist"/dl_driver-*.tar.gz "$src"
+  (cd "$src" && PATH="$venv/bin:$PATH" "$venv/bin/maturin" build --release --locked --zig --out "$dist")
+  "$venv/bin/python" scripts/check_dist.py wheel "$dist"/dl_driver-*.whl
+  "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$dist"/dl_driver-*.whl
+  rm -rf "$dist"
 }
 
 # ensure_dlio_peer: installs DLIO 2.0.0 (the benchmarks' peer) into its own venv, $DLIO_VENV, outside the project's
