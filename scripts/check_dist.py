@@ -58,7 +58,9 @@ def tracked_files(root: Path = ROOT) -> list[str]:
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", "--", *NEEDED_TREES],
-            capture_output=True, check=True, text=True,
+            capture_output=True,
+            check=True,
+            text=True,
         ).stdout
         files = [f for f in out.split("\0") if f and (root / f).is_file()]
     except (OSError, subprocess.CalledProcessError):
