@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import dl_driver
 from dl_driver import _core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,3 +189,15 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("Buffer.__buffer__", memoryview(buffer))
 
     assert check.done == set(check.entries), f"not checked: {sorted(set(check.entries) - check.done)}"
+
+
+def test_errors_and_results_pickle_as_their_public_classes() -> None:
+    """Exceptions cross process boundaries (DataLoader workers, multiprocessing) by pickle, found by module + name."""
+    import pickle
+
+    for cls in (dl_driver.DlDriverError, dl_driver.ConfigError, dl_driver.StorageError, dl_driver.FormatError,
+                dl_driver.CheckpointError):
+        assert cls.__module__ == "dl_driver"
+        raised = pickle.loads(pickle.dumps(cls("s3://bucket/key: boom")))
+        assert type(raised) is cls and str(raised) == "s3://bucket/key: boom"
+    assert _core.LoadResult.__module__ == "dl_driver._core"

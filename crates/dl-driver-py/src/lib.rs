@@ -13,12 +13,12 @@ use dl_driver_core::plan;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-pyo3::create_exception!(_core, DlDriverError, PyException, "Base class of every dl-driver error.");
-pyo3::create_exception!(_core, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
-pyo3::create_exception!(_core, StorageError, DlDriverError, "A storage operation failed (the message names the URI).");
-pyo3::create_exception!(_core, FormatError, DlDriverError, "A dataset file could not be encoded or decoded.");
+pyo3::create_exception!(dl_driver, DlDriverError, PyException, "Base class of every dl-driver error.");
+pyo3::create_exception!(dl_driver, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
+pyo3::create_exception!(dl_driver, StorageError, DlDriverError, "A storage operation failed (the message names the URI).");
+pyo3::create_exception!(dl_driver, FormatError, DlDriverError, "A dataset file could not be encoded or decoded.");
 pyo3::create_exception!(
-    _core,
+    dl_driver,
     CheckpointError,
     DlDriverError,
     "A checkpoint is incomplete, corrupt or cannot be written."
@@ -31,7 +31,7 @@ fn json_error(what: &str, e: &serde_json::Error) -> Error {
 }
 
 /// What `load_config` returns to Python.
-#[pyclass(frozen, get_all)]
+#[pyclass(frozen, get_all, module = "dl_driver._core")]
 struct LoadResult {
     /// The resolved config as JSON text.
     config_json: String,
