@@ -15,7 +15,12 @@ use pyo3::prelude::*;
 
 pyo3::create_exception!(dl_driver, DlDriverError, PyException, "Base class of every dl-driver error.");
 pyo3::create_exception!(dl_driver, ConfigError, DlDriverError, "A workload config is malformed or inconsistent.");
-pyo3::create_exception!(dl_driver, StorageError, DlDriverError, "A storage operation failed (the message names the URI).");
+pyo3::create_exception!(
+    dl_driver,
+    StorageError,
+    DlDriverError,
+    "A storage operation failed (the message names the URI)."
+);
 pyo3::create_exception!(dl_driver, FormatError, DlDriverError, "A dataset file could not be encoded or decoded.");
 pyo3::create_exception!(
     dl_driver,
