@@ -18,6 +18,15 @@ def check(src: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPT), str(src)], capture_output=True, text=True, check=False)
 
 
+def check_with_line(tmp_path: Path, file: str, line: str) -> subprocess.CompletedProcess[str]:
+    """Runs the check on a copy of the core's sources with `line` appended to `file`."""
+    src = tmp_path / "src"
+    shutil.copytree(SRC, src)
+    target = src / file
+    target.write_text(target.read_text() + "\n" + line + "\n")
+    return check(src)
+
+
 def test_core_modules_have_no_import_cycle() -> None:
     result = check(SRC)
     assert result.returncode == 0, result.stderr
@@ -35,11 +44,7 @@ def test_core_modules_have_no_import_cycle() -> None:
     ],
 )
 def test_an_upward_import_is_reported_with_its_edges(tmp_path: Path, file: str, line: str, edge: str) -> None:
-    src = tmp_path / "src"
-    shutil.copytree(SRC, src)
-    target = src / file
-    target.write_text(target.read_text() + "\n" + line + "\n")
-    result = check(src)
+    result = check_with_line(tmp_path, file, line)
     assert result.returncode == 1
     assert "import cycle" in result.stderr
     assert edge in result.stderr
@@ -55,10 +60,6 @@ def test_an_upward_import_is_reported_with_its_edges(tmp_path: Path, file: str, 
     ],
 )
 def test_io_in_a_pure_module_is_reported(tmp_path: Path, file: str, line: str, shown: str) -> None:
-    src = tmp_path / "src"
-    shutil.copytree(SRC, src)
-    target = src / file
-    target.write_text(target.read_text() + "\n" + line + "\n")
-    result = check(src)
+    result = check_with_line(tmp_path, file, line)
     assert result.returncode == 1
     assert "pure module does IO" in result.stderr and shown in result.stderr, result.stderr

@@ -222,7 +222,7 @@ impl Readers {
         ids: Vec<SampleId>,
         cache: Arc<FileCache>,
     ) -> Result<Vec<SampleOut>, PipelineError> {
-        let local = self.spec.store.local().filter(|_| !self.spec.whole_files);
+        let local = if self.spec.whole_files { None } else { self.spec.store.local() };
         let Some(local) = local else {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
