@@ -43,6 +43,20 @@ def test_npz_files_load_in_numpy_with_dlio_names_and_shapes(tmp_path: Path) -> N
         assert f["x"].shape == (*shapes[5], 3), "eval shapes continue after the train files"
 
 
+def test_dlios_folders_exist_even_for_a_split_without_files(tmp_path: Path) -> None:
+    # DLIO's training lists valid/ (and each subfolder) even with num_files_eval 0: FileNotFoundError if missing.
+    cfg = config(tmp_path, "npy", num_files_train=3, num_files_eval=0, num_samples_per_file=1, record_length_bytes=4096,
+                 num_subfolders_train=2, num_subfolders_eval=3)
+    def folders() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path / "data")) for p in (tmp_path / "data").rglob("*") if p.is_dir())
+
+    dl_driver.generate(cfg, rank=1, world_size=2)
+    assert folders() == ["train", "train/1"], "rank 0 creates the folders, as DLIO's generator does"
+    dl_driver.generate(cfg, rank=0, world_size=2)
+    assert folders() == ["train", "train/0", "train/1", "valid", "valid/0", "valid/1", "valid/2"]
+    assert not any((tmp_path / "data" / "valid").rglob("*.npy"))
+
+
 def test_npy_files(tmp_path: Path) -> None:
     cfg = config(tmp_path, "npy", num_files_train=3, num_samples_per_file=2, record_length_bytes=65_536)
     dl_driver.generate(cfg)

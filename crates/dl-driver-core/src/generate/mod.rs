@@ -68,6 +68,13 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let storage_options = StorageOptions::from_yaml(&config.storage.storage_options)
         .map_err(|e| GenerateError::Config(format!("storage.storage_options: {e}")))?;
     let store = storage::open_shared(&location.to_string(), &storage_options)?;
+    // Rank 0 creates DLIO's folders, as DLIO's generator does; object stores have no folders, and DLIO lists an
+    // empty prefix there as an empty split, so nothing is written for them.
+    if let (0, Some(local)) = (options.rank, store.local()) {
+        for folder in layout::dataset_folders(config) {
+            local.create_dir(&folder)?;
+        }
+    }
     let files = layout::dataset_files(config, options.rank, options.world_size);
     let existing: HashSet<String> =
         if options.skip_existing { store.list("").await?.into_iter().map(|o| o.key).collect() } else { HashSet::new() };

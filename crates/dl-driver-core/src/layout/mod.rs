@@ -63,6 +63,21 @@ pub fn file_key(split: Split, prefix: &str, index: u64, count: u64, subfolders: 
     }
 }
 
+/// The folders DLIO's generator creates (rank 0, before any file): `train/` and `valid/` whatever the file counts
+/// (DLIO's training lists `valid/` even with no eval files), and each split's subfolders when it has more than one.
+pub fn dataset_folders(config: &Config) -> Vec<String> {
+    let d = &config.dataset;
+    let mut folders = Vec::new();
+    for (split, subfolders) in [(Split::Train, d.num_subfolders_train), (Split::Valid, d.num_subfolders_eval)] {
+        folders.push(split.folder().to_string());
+        if subfolders > 1 {
+            let width = subfolders.to_string().len();
+            folders.extend((0..subfolders).map(|i| format!("{}/{i:0width$}", split.folder())));
+        }
+    }
+    folders
+}
+
 /// Every file of the dataset (train, then valid) that `rank` of `world_size` writes.
 pub fn dataset_files(config: &Config, rank: u64, world_size: u64) -> Vec<FileSpec> {
     let d = &config.dataset;
@@ -108,6 +123,19 @@ mod tests {
         assert_eq!(file_key(Split::Train, "img", 0, 16, 0, "npz"), "train/img_00_of_16.npz");
         assert_eq!(file_key(Split::Train, "img", 3, 8, 2, "hdf5"), "train/1/img_3_of_8.hdf5");
         assert_eq!(file_key(Split::Valid, "part", 7, 100, 12, "tfrecord"), "valid/07/part_007_of_100.tfrecord");
+    }
+
+    #[test]
+    fn folders_are_dlios_whatever_the_file_counts() {
+        let mut c = Config::default();
+        c.dataset.num_files_eval = 0;
+        assert_eq!(dataset_folders(&c), ["train", "valid"]);
+        c.dataset.num_subfolders_train = 2;
+        c.dataset.num_subfolders_eval = 10;
+        let folders = dataset_folders(&c);
+        assert_eq!(folders[..4], ["train", "train/0", "train/1", "valid"]);
+        assert_eq!(folders[4..6], ["valid/00", "valid/01"]);
+        assert_eq!(folders.len(), 14);
     }
 
     #[test]

@@ -69,6 +69,12 @@ impl LocalFiles {
         self.local.file_writer(&location).map_err(|e| self.write_failed(key, &e))
     }
 
+    /// Creates the folder `key` (and its parents) if it does not exist.
+    pub fn create_dir(&self, key: &str) -> Result<(), StorageError> {
+        let location = self.store.location(key)?;
+        std::fs::create_dir_all(self.local.path_of(&location)).map_err(|e| self.write_failed(key, &e))
+    }
+
     /// The error of a failed [`FileWriter`] call on `key`.
     pub fn write_failed(&self, key: &str, error: &io::Error) -> StorageError {
         StorageError::from_io(&self.store.shown(key), "write", error)
