@@ -43,6 +43,15 @@ def test_validate_json_with_overrides_and_world_size(cli) -> None:
     assert doc["overrides"][0] == "++workload.dataset.num_files_train=16"
 
 
+def test_an_override_in_the_other_dialect_is_the_last_word(cli) -> None:
+    out = cli("validate", "workload=unet3d_h100", "++workload.dataset.record_length=8388608", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["config"]["dataset"]["record_length_bytes"] == 8388608
+    both = ("++workload.dataset.record_length=8388608", "++workload.dataset.record_length_bytes=4194304")
+    out = cli("validate", "workload=unet3d_h100", *both)
+    assert out.returncode == 2 and "give one of them" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_world_size_from_launcher_environment(cli) -> None:
     out = cli("validate", "workload=llama_8b_zero3", "--json", env={"OMPI_COMM_WORLD_SIZE": "8"})
     assert out.returncode == 0, out.stderr

@@ -22,12 +22,59 @@ const RENAMES: &[(&str, &str)] = &[
     ("metric.exclude_end_steps", "output.metric.exclude_end_steps"),
 ];
 
+/// The HEAD name of a key path written in either dialect (`data_reader.x` is `reader.x`; renamed keys map to their
+/// HEAD name); other paths are returned as they are.
+pub fn head_path(path: &str) -> String {
+    let path = match path.strip_prefix("data_reader.") {
+        Some(rest) => format!("reader.{rest}"),
+        None if path == "data_reader" => "reader".to_string(),
+        None => path.to_string(),
+    };
+    RENAMES.iter().find(|(old, _)| *old == path).map_or(path, |(_, new)| (*new).to_string())
+}
+
 /// Rewrites `root` in place into the HEAD dialect.
 pub fn normalize(source_name: &str, root: &mut Value) -> Result<(), ConfigError> {
     let invalid = |path: &str, problem: String| ConfigError::invalid(source_name, path, problem);
     let Some(top) = root.as_mapping_mut() else {
         return Err(invalid("(top level)", format!("expected a mapping of sections, got {}", show(root))));
     };
+    rename(source_name, top)?;
+    // DLIO wraps a single device name in a list.
+    if let Some(device @ Value::String(_)) = get(top, "profiling.iostat_devices").cloned() {
+        put(top, "profiling.iostat_devices", Value::Sequence(vec![device]));
+    }
+    // YAML 1.1 readers (PyYAML, OmegaConf) turn a bare `off` into false: accept it as the shuffle mode it was.
+    for key in ["reader.file_shuffle", "reader.sample_shuffle"] {
+        if get(top, key) == Some(&Value::Bool(false)) {
+            put(top, key, Value::String("off".into()));
+        }
+    }
+    for key in TIME_KEYS {
+        let stdev_key = format!("{key}_stdev");
+        let stdev = match take(top, &stdev_key) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .ok_or_else(|| invalid(&stdev_key, format!("expected a number of seconds, got {}", show(&v))))?,
+            ),
+        };
+        let Some(value) = get(top, key).cloned() else {
+            if stdev.is_some_and(|s| s != 0.0) {
+                return Err(invalid(&stdev_key, format!("{stdev_key} is given without {key}")));
+            }
+            continue;
+        };
+        let dist = Distribution::from_value(&value, stdev).map_err(|p| invalid(key, p))?;
+        put(top, key, serde_yaml::to_value(dist).expect("distributions serialize"));
+    }
+    Ok(())
+}
+
+/// Renames DLIO 2.0.0 sections and keys to their HEAD names in place; the same key given under both names with two
+/// values is an error (one source gives one value).
+pub fn rename(source_name: &str, top: &mut Mapping) -> Result<(), ConfigError> {
+    let invalid = |path: &str, problem: String| ConfigError::invalid(source_name, path, problem);
     if let Some(reader) = top.remove("data_reader") {
         if top.contains_key("reader") {
             return Err(invalid(
@@ -63,34 +110,6 @@ pub fn normalize(source_name: &str, root: &mut Value) -> Result<(), ConfigError>
             }
             _ => put(top, new, value),
         }
-    }
-    // DLIO wraps a single device name in a list.
-    if let Some(device @ Value::String(_)) = get(top, "profiling.iostat_devices").cloned() {
-        put(top, "profiling.iostat_devices", Value::Sequence(vec![device]));
-    }
-    // YAML 1.1 readers (PyYAML, OmegaConf) turn a bare `off` into false: accept it as the shuffle mode it was.
-    for key in ["reader.file_shuffle", "reader.sample_shuffle"] {
-        if get(top, key) == Some(&Value::Bool(false)) {
-            put(top, key, Value::String("off".into()));
-        }
-    }
-    for key in TIME_KEYS {
-        let stdev_key = format!("{key}_stdev");
-        let stdev = match take(top, &stdev_key) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_f64()
-                    .ok_or_else(|| invalid(&stdev_key, format!("expected a number of seconds, got {}", show(&v))))?,
-            ),
-        };
-        let Some(value) = get(top, key).cloned() else {
-            if stdev.is_some_and(|s| s != 0.0) {
-                return Err(invalid(&stdev_key, format!("{stdev_key} is given without {key}")));
-            }
-            continue;
-        };
-        let dist = Distribution::from_value(&value, stdev).map_err(|p| invalid(key, p))?;
-        put(top, key, serde_yaml::to_value(dist).expect("distributions serialize"));
     }
     Ok(())
 }

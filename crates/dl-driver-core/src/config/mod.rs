@@ -79,10 +79,32 @@ pub fn load_with(source: &Source, parsed: &[Override], options: &LoadOptions) ->
             format!("expected a mapping of sections (model, dataset, reader, ...), got {}", error::show(&raw)),
         ));
     }
+    // The workload is renamed to HEAD names first (a key given under both names with two values is its error), and
+    // each override sets the HEAD name of its key: the command line replaces the workload's value in either dialect.
+    if let Some(top) = raw.as_mapping_mut() {
+        dialect::rename(&source_name, top)?;
+    }
+    let mut set: Vec<(String, &Override)> = Vec::new();
     let mut hydra_run_dir = None;
     for o in parsed {
         match &o.target {
-            Target::Workload(_) => o.apply(&mut raw)?,
+            Target::Workload(path) => {
+                let head = dialect::head_path(&path.join("."));
+                let conflict = set.iter().find(|(p, e)| *p == head && e.target != o.target && e.value != o.value);
+                if let Some((_, earlier)) = conflict {
+                    return Err(ConfigError::Override {
+                        text: o.redacted_text(),
+                        problem: format!(
+                            "sets workload.{head}, which {} sets to another value; give one of them",
+                            earlier.redacted_text()
+                        ),
+                    });
+                }
+                set.push((head.clone(), o));
+                let mut renamed = o.clone();
+                renamed.target = Target::Workload(head.split('.').map(str::to_string).collect());
+                renamed.apply(&mut raw)?;
+            }
             Target::Hydra(path) if path == &["run", "dir"] => {
                 hydra_run_dir = Some(match &o.value {
                     Value::String(s) => s.clone(),
@@ -295,6 +317,56 @@ mod tests {
         assert_eq!(cfg.output.folder, "/tmp/run1");
         let cfg = load(&tree("output: {folder: mine}"), &o, &LoadOptions::default()).unwrap().config;
         assert_eq!(cfg.output.folder, "mine");
+    }
+
+    fn with_overrides(yaml: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
+        let o: Vec<String> = overrides.iter().map(ToString::to_string).collect();
+        load(&tree(yaml), &o, &LoadOptions::default()).map(|l| l.config)
+    }
+
+    #[test]
+    fn a_command_line_override_replaces_the_workloads_value_in_either_dialect() {
+        let cases = [
+            ("dataset: {record_length_bytes: 146600628}", "++workload.dataset.record_length=8388608"),
+            ("dataset: {record_length: 146600628}", "++workload.dataset.record_length_bytes=8388608"),
+            ("dataset: {record_length: 146600628}", "workload.dataset.record_length_bytes=8388608"),
+            ("dataset: {record_length_bytes: 146600628}", "workload.dataset.record_length=8388608"),
+        ];
+        for (yaml, o) in cases {
+            let cfg = with_overrides(yaml, &[o]).unwrap_or_else(|e| panic!("{yaml} + {o}: {e}"));
+            assert_eq!(cfg.dataset.record_length_bytes, 8_388_608.0, "{yaml} + {o}");
+        }
+        let cfg = with_overrides("model: {model_size_bytes: 10}", &["++workload.checkpoint.model_size=20"]).unwrap();
+        assert_eq!(cfg.model.model_size_bytes, 20);
+        let cfg =
+            with_overrides("checkpoint: {tensor_parallelism: 2}", &["++workload.model.parallelism.tensor=1"]).unwrap();
+        assert_eq!(cfg.model.parallelism.tensor, 1);
+        let cfg = with_overrides("data_reader: {batch_size: 4}", &["++workload.reader.batch_size=8"]).unwrap();
+        assert_eq!(cfg.reader.batch_size, 8);
+        let cfg = with_overrides("reader: {batch_size: 4}", &["workload.data_reader.batch_size=2"]).unwrap();
+        assert_eq!(cfg.reader.batch_size, 2);
+        let cfg =
+            with_overrides("metric: {exclude_start_steps: 3}", &["++workload.output.metric.exclude_start_steps=0"]);
+        assert_eq!(cfg.unwrap().output.metric.exclude_start_steps, 0);
+    }
+
+    #[test]
+    fn two_values_for_one_key_in_one_source_stay_errors() {
+        let e = with_overrides("dataset: {record_length: 10, record_length_bytes: 11}", &["++workload.train.epochs=1"]);
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("t.yaml") && e.contains("dataset.record_length") && e.contains("give one"), "{e}");
+        let both = ["++workload.dataset.record_length=10", "++workload.dataset.record_length_bytes=11"];
+        let e = with_overrides("{}", &both).unwrap_err().to_string();
+        assert!(
+            e.contains("++workload.dataset.record_length_bytes=11")
+                && e.contains("++workload.dataset.record_length=10")
+                && e.contains("give one of them"),
+            "{e}"
+        );
+        let same = ["++workload.dataset.record_length=10", "++workload.dataset.record_length_bytes=10"];
+        assert_eq!(with_overrides("{}", &same).unwrap().dataset.record_length_bytes, 10.0);
+        let twice = ["++workload.train.epochs=2", "++workload.train.epochs=3"];
+        assert_eq!(with_overrides("{}", &twice).unwrap().train.epochs, 3, "one spelling twice: the last wins");
     }
 
     #[test]
