@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import dl_driver
-from tests_support import DL_DRIVER
+from tests_support import DL_DRIVER, FilesCreated
 
 FORMATS = ["npz", "npy", "hdf5", "tfrecord", "csv", "jpeg", "png", "indexed_binary", "mmap_indexed_binary", "synthetic"]
 
@@ -217,6 +217,25 @@ def test_run_command_prints_dlio_lines(cli, tmp_path: Path) -> None:
     assert "[METRIC] Training Throughput (samples/second):" in result.stdout
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
     assert f"++workload.output.folder={out}" in (out / "dlio_config" / "overrides.yaml").read_text()
+
+
+@pytest.mark.parametrize("how", ["cli", "python"])
+def test_generate_and_train_writes_each_file_once(how: str, cli, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    folders = [data / "train" / "0", data / "train" / "1", data / "valid"]
+    created = FilesCreated(*folders)
+    try:
+        overrides = [f"++workload.output.folder={tmp_path / 'out'}", f"++workload.dataset.data_folder={data}"]
+        if how == "cli":
+            result = cli("run", "workload=quickstart", *overrides)
+            assert result.returncode == 0, result.stderr
+        else:
+            dl_driver.DlioRunner(dl_driver.load_dlio_config("workload=quickstart", overrides)).run_benchmark()
+        names = created.collect()
+    finally:
+        created.close()
+    assert len(names) == 64 + 8, f"{len(names)} files written for a dataset of 72"
+    assert len(set(names)) == 72
 
 
 def progress_steps(master: int, at_least: int) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import math
+import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +42,45 @@ def npy_shape(path: Path) -> tuple[int, ...]:
         data_start = f.tell()
     assert path.stat().st_size == data_start + int(np.prod(shape)) * dtype.itemsize, f"{path.name} is truncated"
     return shape
+
+
+class FilesCreated:
+    """Counts the files that appear in some folders while it is open, from the kernel's inotify events: each time a
+    file is renamed into place (dl-driver writes every local file under a hidden name and renames it when complete),
+    it counts once. A file written in place would not count: a test on it fails instead of passing."""
+
+    IN_MOVED_TO = 0x80
+
+    def __init__(self, *folders: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.names: list[str] = []
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            if self._libc.inotify_add_watch(self._fd, os.fsencode(folder), self.IN_MOVED_TO) < 0:
+                raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
+
+    def collect(self) -> list[str]:
+        """The names written so far (hidden temporary files left out), in order."""
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    break
+                raise
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0").decode()
+                offset += 16 + length
+                if name and mask & self.IN_MOVED_TO:
+                    self.names.append(name)
+        return self.names
+
+    def close(self) -> None:
+        os.close(self._fd)

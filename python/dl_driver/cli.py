@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dl_driver import _core, checkpoint, launcher
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
-from dl_driver.generation import generate
 from dl_driver.runner import DlioRunner
 
 #: Subcommands that later versions bring, with what they will do.
@@ -155,12 +154,12 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     if args.output:
         cfg.output.folder = args.output
+    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty())
     if cfg.workflow.generate_data:
-        _generate_config(cfg, args)
+        _print_generated(cfg, runner.generate(skip_existing=args.skip_existing, threads=args.threads))
     if not (cfg.workflow.train or cfg.workflow.checkpoint):
         return 0
-    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty())
-    report = runner.run_benchmark()
+    report = runner.run_benchmark(generate=False)
     if report.interrupted:
         print(f"dl-driver run: interrupted; what was measured is in {cfg.output.folder}", file=sys.stderr)
         return 130
@@ -168,19 +167,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    _generate_config(load_from_args(args), args)
+    cfg = load_from_args(args)
+    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, progress=sys.stderr.isatty())
+    _print_generated(cfg, runner.generate(skip_existing=args.skip_existing, threads=args.threads))
     return 0
 
 
-def _generate_config(cfg: Config, args: argparse.Namespace) -> None:
-    report = generate(
-        cfg,
-        rank=args.rank,
-        world_size=args.world_size,
-        skip_existing=args.skip_existing,
-        threads=args.threads,
-        progress=sys.stderr.isatty(),
-    )
+def _print_generated(cfg: Config, report: dict[str, float]) -> None:
     mib = report["bytes_written"] / 2**20
     rate = mib / report["seconds"] if report["seconds"] else 0.0
     print(

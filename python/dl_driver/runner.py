@@ -74,15 +74,27 @@ class DlioRunner:
         self.progress = progress
         self.plugins = list(plugins)
 
-    def generate(self, *, skip_existing: bool = False) -> dict[str, float]:
+    def generate(self, *, skip_existing: bool = False, threads: int | None = None) -> dict[str, float]:
         """Writes this rank's share of the dataset."""
-        return generate(self.config, rank=self.rank, world_size=self.world_size, skip_existing=skip_existing)
+        return generate(
+            self.config,
+            rank=self.rank,
+            world_size=self.world_size,
+            skip_existing=skip_existing,
+            threads=threads,
+            progress=self.progress,
+        )
 
-    def run_benchmark(self) -> Report:
+    def run_benchmark(self, *, generate: bool | None = None) -> Report:
         """Generates data if the workflow asks, then trains (or runs the checkpoint-only workflow); Ctrl-C stops the
-        run and returns what was measured, marked ``interrupted``."""
+        run and returns what was measured, marked ``interrupted``.
+
+        Args:
+            generate: write the dataset first; by default when ``workflow.generate_data`` is on. Pass False when
+                ``generate()`` has written it already.
+        """
         cfg = self.config
-        if cfg.workflow.generate_data:
+        if cfg.workflow.generate_data if generate is None else generate:
             self.generate()
         if not (cfg.workflow.train or cfg.workflow.checkpoint):
             return Report(summary={}, details={}, output_folder=cfg.output.folder)
