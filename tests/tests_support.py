@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import math
 import os
 import shutil
@@ -67,12 +66,8 @@ class FilesCreated:
         while True:
             try:
                 data = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
+            except BlockingIOError:  # EAGAIN: no more events queued
                 break
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    break
-                raise
             offset = 0
             while offset < len(data):
                 _, mask, _, length = struct.unpack_from("iIII", data, offset)
