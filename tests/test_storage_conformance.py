@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -223,6 +225,38 @@ def test_unreachable_endpoint_is_a_storage_error(scheme: str) -> None:
     assert secret not in str(e.value)
     if scheme == "gs":
         assert "http://127.0.0.1:9/nowhere%2Dbucket/p%2Fx" in str(e.value), "the request went to the key's gcs_base_url"
+
+
+def test_an_explicit_azure_endpoint_wins_over_the_emulator_flag(servers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # object_store's emulator mode sends every request to AZURITE_BLOB_STORAGE_URL or 127.0.0.1:10000, whatever
+    # endpoint is set; the endpoint is the user's explicit word. Azurite's account and key fill in what is not set.
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    for name in ("AZURITE_BLOB_STORAGE_URL", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    endpoint = servers["azurite"]
+    azure_container(endpoint, "dl-driver-tests")
+    store = dl_driver.storage.open(f"az://dl-driver-tests/emulator-{os.getpid()}", endpoint=endpoint)
+    store.put("x", b"data")
+    assert store.get("x") == b"data"
+    # A bound socket that does not listen refuses connections: the request must go there, not to the emulator's URL.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", f"http://127.0.0.1:{port}/devstoreaccount1")
+        store = dl_driver.storage.open("az://dl-driver-tests/p", max_retries=0, retry_timeout="1s")
+        with pytest.raises(StorageError, match=f"127.0.0.1:{port}"):
+            store.put("x", b"data")
+
+
+def test_an_endpoint_that_contradicts_the_emulators_url_is_refused_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000")
+    with pytest.raises(StorageError) as e:
+        dl_driver.storage.open("az://some-container/p", endpoint="http://127.0.0.1:9/devstoreaccount1")
+    message = str(e.value)
+    for setting in ("storage_options.endpoint", "http://127.0.0.1:9/devstoreaccount1", "AZURE_STORAGE_USE_EMULATOR",
+                    "AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000"):
+        assert setting in message, f"{setting} missing from: {message}"
 
 
 def test_bad_locations_and_options() -> None:

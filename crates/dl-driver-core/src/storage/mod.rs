@@ -150,14 +150,31 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
         Scheme::Az => {
             let mut b =
                 MicrosoftAzureBuilder::from_env().with_container_name(&uri.bucket).with_retry(settings.retry.clone());
-            let mut endpoint = std::env::var("AZURE_STORAGE_ENDPOINT").ok();
+            let env_source =
+                |names: &[&str]| names.iter().find(|n| std::env::var_os(n).is_some()).map(ToString::to_string);
+            let mut endpoint_source = env_source(&["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"]);
+            let mut emulator_source = env_source(&["AZURE_STORAGE_USE_EMULATOR"]);
             for (key, value) in backend_options(options) {
+                let given = key;
                 let key = if key == "endpoint_url" { "endpoint" } else { key };
                 let parsed: AzureConfigKey = key.parse().map_err(|_| unknown_option(&shown, key))?;
-                if matches!(parsed, AzureConfigKey::Endpoint) {
-                    endpoint = Some(value.to_string());
+                match parsed {
+                    AzureConfigKey::Endpoint => endpoint_source = Some(format!("storage_options.{given}")),
+                    AzureConfigKey::UseEmulator => emulator_source = Some(format!("storage_options.{given}")),
+                    _ => {}
                 }
                 b = b.with_config(parsed, value);
+            }
+            let endpoint = b.get_config_value(&AzureConfigKey::Endpoint);
+            let emulator = b.get_config_value(&AzureConfigKey::UseEmulator).is_some_and(|v| is_truthy(&v));
+            if let (true, Some(endpoint), Some(endpoint_source)) = (emulator, &endpoint, endpoint_source) {
+                b = explicit_endpoint_over_emulator(
+                    b,
+                    &shown,
+                    endpoint,
+                    &endpoint_source,
+                    emulator_source.as_deref().unwrap_or("use_emulator"),
+                )?;
             }
             if endpoint.as_deref().is_some_and(options::is_loopback_http) && options.get("allow_http").is_none() {
                 b = b.with_allow_http(true);
@@ -175,6 +192,49 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
         }
     };
     Ok(Store { uri, inner, local, prefix, settings, secrets })
+}
+
+/// Azurite's well-known account and key (Microsoft documents them; object_store's emulator mode uses them too).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// object_store's truthy strings for boolean config values.
+fn is_truthy(value: &str) -> bool {
+    matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes" | "y")
+}
+
+/// The emulator flag is on and an endpoint is given: object_store's emulator mode would send every request to
+/// `AZURITE_BLOB_STORAGE_URL` or 127.0.0.1:10000 and ignore the endpoint. The endpoint wins (used as given, as a
+/// connection string's `BlobEndpoint`, account in the path for Azurite), with Azurite's account and key where none is
+/// set. An `AZURITE_BLOB_STORAGE_URL` that points elsewhere contradicts it: an error naming both settings.
+fn explicit_endpoint_over_emulator(
+    mut b: MicrosoftAzureBuilder,
+    uri: &str,
+    endpoint: &str,
+    endpoint_source: &str,
+    emulator_source: &str,
+) -> Result<MicrosoftAzureBuilder, StorageError> {
+    if let Ok(azurite) = std::env::var("AZURITE_BLOB_STORAGE_URL") {
+        if !endpoint.starts_with(azurite.trim_end_matches('/')) {
+            return Err(StorageError::Option {
+                uri: uri.into(),
+                key: endpoint_source.into(),
+                problem: format!(
+                    "{endpoint_source} is {endpoint} but {emulator_source} is on and AZURITE_BLOB_STORAGE_URL is \
+                     {azurite}: the two say different servers; unset one of them"
+                ),
+            });
+        }
+    }
+    b = b.with_use_emulator(false);
+    if b.get_config_value(&AzureConfigKey::AccountName).is_none() {
+        b = b.with_account(AZURITE_ACCOUNT);
+    }
+    let credentials = [AzureConfigKey::AccessKey, AzureConfigKey::SasKey, AzureConfigKey::Token];
+    if credentials.iter().all(|k| b.get_config_value(k).is_none()) {
+        b = b.with_access_key(AZURITE_KEY);
+    }
+    Ok(b)
 }
 
 /// Opens one of a workload's locations with its `storage.storage_options`, which DLIO shares between the data and
