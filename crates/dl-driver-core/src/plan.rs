@@ -106,6 +106,25 @@ pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan,
     let phase = |files: u64, subfolders: u64, batch: u64, epochs: u64, cap: Option<u64>, path: &str| {
         let samples = files.checked_mul(d.num_samples_per_file).ok_or_else(|| too_large(path))?;
         let steps = samples / batch / world_size;
+        if steps == 0 && epochs > 0 {
+            // A phase that runs with no step would report AU 0 and throughput 0 (DLIO's "zero metrics" runs).
+            let (what, batch_key) = if path == "dataset.num_files_train" {
+                ("training", "reader.batch_size")
+            } else {
+                ("evaluation", "reader.batch_size_eval")
+            };
+            return Err(invalid(
+                path,
+                format!(
+                    "{files} files x {} samples per file = {samples} {what} samples give 0 steps per epoch at \
+                     {batch_key} {batch} over {world_size} rank(s) (steps = samples / batch size / ranks, rounded \
+                     down); expected at least {} samples: add files or samples per file, lower {batch_key}, or run \
+                     fewer ranks",
+                    d.num_samples_per_file,
+                    batch.saturating_mul(world_size)
+                ),
+            ));
+        }
         let steps = cap.map_or(steps, |c| steps.min(c));
         let bytes = samples as f64 * d.record_length_bytes;
         if bytes >= 2f64.powi(64) {
@@ -230,7 +249,7 @@ mod tests {
     use super::*;
     use crate::config::{load, LoadOptions, Source};
 
-    fn planned(yaml: &str, world: u64) -> Plan {
+    fn planning(yaml: &str, world: u64) -> Result<Plan, ConfigError> {
         let cfg = load(
             &Source::Tree { name: "t".into(), value: serde_yaml::from_str(yaml).unwrap() },
             &[],
@@ -238,7 +257,11 @@ mod tests {
         )
         .unwrap()
         .config;
-        plan(&cfg, "t", world).unwrap()
+        plan(&cfg, "t", world)
+    }
+
+    fn planned(yaml: &str, world: u64) -> Plan {
+        planning(yaml, world).unwrap()
     }
 
     #[test]
@@ -250,6 +273,25 @@ mod tests {
             1,
         );
         assert_eq!((p.train.steps_per_epoch, p.train.total_steps), (4, 12));
+    }
+
+    #[test]
+    fn a_running_phase_without_a_step_is_an_error_naming_batch_samples_and_ranks() {
+        let e = planning("dataset: {num_files_train: 8, num_samples_per_file: 4}\nreader: {batch_size: 64}", 1);
+        let e = e.unwrap_err().to_string();
+        for part in
+            ["dataset.num_files_train", "32 training samples", "reader.batch_size 64", "1 rank(s)", "64 samples"]
+        {
+            assert!(e.contains(part), "{part} missing from: {e}");
+        }
+        // Enough for one rank is too few for two; evaluation is checked only when it runs.
+        let yaml = "dataset: {num_files_train: 8, num_samples_per_file: 8, num_files_eval: 1}\n";
+        let one = format!("{yaml}reader: {{batch_size: 64}}");
+        assert_eq!(planned(&one, 1).train.steps_per_epoch, 1);
+        assert!(planning(&one, 2).unwrap_err().to_string().contains("over 2 rank(s)"));
+        let eval = format!("{yaml}workflow: {{evaluation: true}}\nreader: {{batch_size: 64, batch_size_eval: 16}}");
+        let e = planning(&eval, 1).unwrap_err().to_string();
+        assert!(e.contains("dataset.num_files_eval") && e.contains("reader.batch_size_eval 16"), "{e}");
     }
 
     #[test]
