@@ -93,6 +93,28 @@ def test_zstd_round_trips_and_verify_catches_a_flipped_byte(backend: str, tmp_pa
     assert dl_driver.checkpoint.verify(folder, "global_epoch1_step2", **options) > 0
 
 
+def test_no_block_after_a_step_checkpoint_reports_au_above_100(tmp_path: Path) -> None:
+    # The stock bert_v100 workload as the issue ran it: blocks after each checkpoint started one step late and
+    # printed AU 132%. A block's window holds exactly the steps whose compute it counts.
+    overrides = [f"++workload.{k}={v}" for k, v in {
+        "dataset.num_files_train": 2, "dataset.num_samples_per_file": 512, "train.total_training_steps": 20,
+        "train.computation_time": 0.01, "model.model_size_bytes": 1 * MIB, "workflow.generate_data": True,
+        "checkpoint.steps_between_checkpoints": 5, "dataset.data_folder": tmp_path / "data",
+        "checkpoint.checkpoint_folder": tmp_path / "ckpt", "output.folder": tmp_path / "out", "train.epochs": 1,
+    }.items()]
+    report = dl_driver.DlioRunner(dl_driver.load_dlio_config("bert_v100", overrides)).run_benchmark()
+    blocks = report.epochs[0]["blocks"]
+    assert [b["steps"] for b in blocks] == [5, 5, 5, 5]
+    assert all(b["au"] <= 100 for b in blocks), [b["au"] for b in blocks]
+    stats = json.loads((tmp_path / "out" / "0_per_epoch_stats.json").read_text())["1"]
+    # Each block starts when the checkpoint before it ends (DLIO's start_block after end_ckpt).
+    for n in (1, 2, 3):
+        assert stats[f"block{n}"]["end"] <= stats[f"save_ckpt{n}"]["start"] <= stats[f"save_ckpt{n}"]["end"]
+        assert stats[f"save_ckpt{n}"]["end"] <= stats[f"block{n + 1}"]["start"]
+    # 20 steps of >= 10 ms compute each.
+    assert report.summary["metric"]["train_au_mean_percentage"] <= 100
+
+
 def test_epoch_checkpoints_and_the_llama_layout(tmp_path: Path) -> None:
     cfg = training(tmp_path, **{
         "checkpoint.steps_between_checkpoints": -1, "checkpoint.checkpoint_after_epoch": 2,

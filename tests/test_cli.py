@@ -152,13 +152,25 @@ def test_secrets_are_not_printed(cli) -> None:
     assert doc["config"]["storage"]["storage_options"]["secret_access_key"] == "***"
 
 
+def test_a_run_with_no_step_is_refused_before_it_starts(cli, tmp_path: Path) -> None:
+    # The issue's case: 8 files x 4 samples at resnet50's batch size. DLIO runs it and reports AU 0.
+    out = cli("run", "workload=resnet50_h100", "++workload.dataset.num_files_train=8",
+              "++workload.dataset.num_samples_per_file=4", f"++workload.dataset.data_folder={tmp_path / 'd'}",
+              "++workload.workflow.generate_data=True", f"++workload.output.folder={tmp_path / 'out'}")
+    assert out.returncode == 2
+    for part in ("dataset.num_files_train", "32 training samples", "0 steps per epoch", "reader.batch_size 400",
+                 "1 rank(s)"):
+        assert part in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "out" / "summary.json").exists()
+
+
 def test_run_generates_data_then_trains(cli, tmp_path: Path) -> None:
-    common = [f"++workload.dataset.data_folder={tmp_path / 'd'}", "++workload.dataset.num_files_train=3",
+    common = [f"++workload.dataset.data_folder={tmp_path / 'd'}", "++workload.dataset.num_files_train=8",
               "++workload.dataset.num_files_eval=0", "++workload.workflow.evaluation=False", "++workload.workflow.generate_data=True"]
     out = cli("run", "workload=default", *common, "++workload.workflow.train=False")
     assert out.returncode == 0, out.stderr
-    assert "generated 3 files" in out.stdout
+    assert "generated 8 files" in out.stdout
     out = cli("run", "workload=default", *common, "++workload.dataset.num_subfolders_train=0")
     assert out.returncode == 0, out.stderr
-    assert "generated 3 files" in out.stdout and "[METRIC] Training Throughput (samples/second)" in out.stdout
+    assert "generated 8 files" in out.stdout and "[METRIC] Training Throughput (samples/second)" in out.stdout
     assert (tmp_path / "output" / "summary.json").is_file()

@@ -86,6 +86,29 @@ def test_summary_json_has_dlio_keys_and_types(tmp_path: Path) -> None:
     assert "[METRIC] Training Accelerator Utilization" in (tmp_path / "out" / "dlio.log").read_text()
 
 
+def test_host_fields_count_the_hosts_cpus_not_the_ranks_affinity(tmp_path: Path) -> None:
+    # mpirun binds each rank to one core; DLIO's host_cpu_count is psutil.cpu_count(), the host's logical CPUs
+    # (MLPerf's reportgen sums it into total_cores). The run is pinned to CPU 0 the way a bound rank is.
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        pytest.skip("needs a host with 2 or more CPUs to tell them from a 1-CPU affinity")
+    out = tmp_path / "out"
+    subprocess.run(
+        [DL_DRIVER, "run", "workload=quickstart", f"++workload.dataset.data_folder={tmp_path / 'data'}",
+         f"++workload.output.folder={out}"],
+        check=True, capture_output=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    output = json.loads((out / "0_output.json").read_text())
+    assert summary["host_cpu_count"] == [cpus] and output["host_cpu_count"] == cpus
+    total_kib = int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
+    assert summary["host_memory_GB"] == [pytest.approx(total_kib / 2**20)]
+    d = dl_driver.load_dlio_config("quickstart").dataset
+    data_gib = d.num_samples_per_file * d.num_files_train * d.record_length_bytes / 2**30
+    assert summary["data_size_per_host_GB"] == pytest.approx(data_gib) and summary["num_hosts"] == 1
+    assert summary["potential_caching"] == [1] and output["potential_caching"] == 1
+
+
 def test_no_evaluation_means_no_eval_keys(tmp_path: Path) -> None:
     report = dl_driver.DlioRunner(workload(tmp_path)).run_benchmark()
     assert not [k for k in report.summary["metric"] if k.startswith("eval_")]

@@ -73,8 +73,10 @@ pub fn across_ranks(per_rank: &[(f64, f64)]) -> (f64, f64) {
     (au, per_rank.iter().map(|(_, t)| t).sum())
 }
 
-/// The stages whose latencies are recorded.
-pub const STAGES: [&str; 7] = ["first_byte", "read", "decode", "batch_wait", "compute", "barrier", "checkpoint_part"];
+/// The stages whose latencies are recorded. `compute` is the measured emulated compute of a step (what AU counts),
+/// `compute_overshoot` how much longer that was than the time drawn from the config.
+pub const STAGES: [&str; 8] =
+    ["first_byte", "read", "decode", "batch_wait", "compute", "barrier", "checkpoint_part", "compute_overshoot"];
 
 /// An HDR histogram of latencies in nanoseconds, 1 ns to 1 hour at 3 significant digits.
 #[derive(Debug, Clone)]
@@ -124,7 +126,7 @@ impl Latency {
 
 /// One histogram per stage, in [`STAGES`] order.
 #[derive(Debug, Clone, Default)]
-pub struct StageLatencies(pub [Latency; 7]);
+pub struct StageLatencies(pub [Latency; 8]);
 
 impl StageLatencies {
     pub fn record(&mut self, stage: usize, d: std::time::Duration) {

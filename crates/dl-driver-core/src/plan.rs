@@ -94,6 +94,36 @@ pub struct CheckpointPlan {
     pub size_gib: f64,
 }
 
+impl Plan {
+    /// Before a run: a phase that runs with 0 steps per epoch would report AU 0 and throughput 0 (DLIO's "zero
+    /// metrics" runs); an error naming files, samples, batch size and ranks. (Generation alone may write fewer
+    /// samples than a batch: `plan` does not check this.)
+    pub fn check_steps(&self, source_name: &str) -> Result<(), ConfigError> {
+        let phases = [
+            (&self.train, "training", "dataset.num_files_train", "reader.batch_size"),
+            (&self.eval, "evaluation", "dataset.num_files_eval", "reader.batch_size_eval"),
+        ];
+        for (phase, what, path, batch_key) in phases {
+            if phase.steps_per_epoch == 0 && phase.epochs > 0 {
+                let (files, samples, batch, world) = (phase.files, phase.samples, phase.batch_size, self.world_size);
+                return Err(ConfigError::invalid(
+                    source_name,
+                    path,
+                    format!(
+                        "{files} files x {} samples per file = {samples} {what} samples give 0 steps per epoch at \
+                         {batch_key} {batch} over {world} rank(s) (steps = samples / batch size / ranks, rounded \
+                         down); expected at least {} samples: add files or samples per file, lower {batch_key}, or \
+                         run fewer ranks",
+                        self.dataset.samples_per_file,
+                        batch.saturating_mul(world)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Derives the plan; fails on rules that depend on the process count (e.g. processes vs model parallelism).
 pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan, ConfigError> {
     let invalid = |path: &str, problem: String| ConfigError::invalid(source_name, path, problem);
@@ -106,25 +136,6 @@ pub fn plan(config: &Config, source_name: &str, world_size: u64) -> Result<Plan,
     let phase = |files: u64, subfolders: u64, batch: u64, epochs: u64, cap: Option<u64>, path: &str| {
         let samples = files.checked_mul(d.num_samples_per_file).ok_or_else(|| too_large(path))?;
         let steps = samples / batch / world_size;
-        if steps == 0 && epochs > 0 {
-            // A phase that runs with no step would report AU 0 and throughput 0 (DLIO's "zero metrics" runs).
-            let (what, batch_key) = if path == "dataset.num_files_train" {
-                ("training", "reader.batch_size")
-            } else {
-                ("evaluation", "reader.batch_size_eval")
-            };
-            return Err(invalid(
-                path,
-                format!(
-                    "{files} files x {} samples per file = {samples} {what} samples give 0 steps per epoch at \
-                     {batch_key} {batch} over {world_size} rank(s) (steps = samples / batch size / ranks, rounded \
-                     down); expected at least {} samples: add files or samples per file, lower {batch_key}, or run \
-                     fewer ranks",
-                    d.num_samples_per_file,
-                    batch.saturating_mul(world_size)
-                ),
-            ));
-        }
         let steps = cap.map_or(steps, |c| steps.min(c));
         let bytes = samples as f64 * d.record_length_bytes;
         if bytes >= 2f64.powi(64) {
@@ -249,7 +260,7 @@ mod tests {
     use super::*;
     use crate::config::{load, LoadOptions, Source};
 
-    fn planning(yaml: &str, world: u64) -> Result<Plan, ConfigError> {
+    fn planned(yaml: &str, world: u64) -> Plan {
         let cfg = load(
             &Source::Tree { name: "t".into(), value: serde_yaml::from_str(yaml).unwrap() },
             &[],
@@ -257,11 +268,12 @@ mod tests {
         )
         .unwrap()
         .config;
-        plan(&cfg, "t", world)
+        plan(&cfg, "t", world).unwrap()
     }
 
-    fn planned(yaml: &str, world: u64) -> Plan {
-        planning(yaml, world).unwrap()
+    fn checked(yaml: &str, world: u64) -> Result<Plan, ConfigError> {
+        let p = planned(yaml, world);
+        p.check_steps("t").map(|()| p)
     }
 
     #[test]
@@ -277,20 +289,23 @@ mod tests {
 
     #[test]
     fn a_running_phase_without_a_step_is_an_error_naming_batch_samples_and_ranks() {
-        let e = planning("dataset: {num_files_train: 8, num_samples_per_file: 4}\nreader: {batch_size: 64}", 1);
+        let e = checked("dataset: {num_files_train: 8, num_samples_per_file: 4}\nreader: {batch_size: 64}", 1);
         let e = e.unwrap_err().to_string();
         for part in
             ["dataset.num_files_train", "32 training samples", "reader.batch_size 64", "1 rank(s)", "64 samples"]
         {
             assert!(e.contains(part), "{part} missing from: {e}");
         }
-        // Enough for one rank is too few for two; evaluation is checked only when it runs.
+        // Generation alone plans it. Enough for one rank is too few for two; evaluation is checked when it runs.
+        let generate =
+            "dataset: {num_files_train: 2}\nreader: {batch_size: 4}\nworkflow: {generate_data: true, train: false}";
+        assert!(checked(generate, 1).is_ok());
         let yaml = "dataset: {num_files_train: 8, num_samples_per_file: 8, num_files_eval: 1}\n";
         let one = format!("{yaml}reader: {{batch_size: 64}}");
-        assert_eq!(planned(&one, 1).train.steps_per_epoch, 1);
-        assert!(planning(&one, 2).unwrap_err().to_string().contains("over 2 rank(s)"));
+        assert_eq!(checked(&one, 1).unwrap().train.steps_per_epoch, 1);
+        assert!(checked(&one, 2).unwrap_err().to_string().contains("over 2 rank(s)"));
         let eval = format!("{yaml}workflow: {{evaluation: true}}\nreader: {{batch_size: 64, batch_size_eval: 16}}");
-        let e = planning(&eval, 1).unwrap_err().to_string();
+        let e = checked(&eval, 1).unwrap_err().to_string();
         assert!(e.contains("dataset.num_files_eval") && e.contains("reader.batch_size_eval 16"), "{e}");
     }
 

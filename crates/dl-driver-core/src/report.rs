@@ -199,8 +199,9 @@ pub fn finish(
         fs::write(&path, text + "\n").map_err(|e| output_error(&path, &e))
     };
     write(format!("{}_per_epoch_stats.json", record.rank), &per_epoch_stats(record))?;
-    write(format!("{}_output.json", record.rank), &rank_output(record, &host, config, comm))?;
-    let summary = summary(config, plan, comm, record, &ranks, &host);
+    let nodes = Nodes::of(&ranks, config, comm.size());
+    write(format!("{}_output.json", record.rank), &rank_output(record, &host, &nodes))?;
+    let summary = summary(config, plan, comm, record, &ranks, &host, &nodes);
     let interrupted = ranks.iter().any(|r| r.interrupted);
     let details = json!({
         "dl_driver_version": env!("CARGO_PKG_VERSION"),
@@ -214,6 +215,7 @@ pub fn finish(
         "epochs": record.epochs.iter().map(epoch_details).collect::<Vec<_>>(),
         "checkpoints": record.epochs.iter().flat_map(|e| &e.checkpoints).map(|(_, c)| checkpoint_details(c)).collect::<Vec<_>>(),
         "latency": share.latency,
+        "compute": compute_details(config, &share.latency),
     });
     if record.rank == 0 {
         write("summary.json".into(), &summary)?;
@@ -225,6 +227,21 @@ pub fn finish(
         console.out(&format!("Saved outputs in {}", folder.display()));
     }
     Ok(Report { summary, details, output_folder: config.output.folder.clone(), interrupted })
+}
+
+/// The configured compute beside the measured one (docs/training.md: AU counts the measured time, as DLIO does).
+fn compute_details(config: &Config, latency: &std::collections::BTreeMap<String, LatencySummary>) -> Value {
+    json!({
+        "configured": {
+            "train.computation_time": config.train.computation_time,
+            "train.computation_time_mean_seconds": config.train.computation_time.mean(),
+            "evaluation.eval_time": config.evaluation.eval_time,
+            "evaluation.eval_time_mean_seconds": config.evaluation.eval_time.mean(),
+        },
+        "measured": latency.get("compute"),
+        "overshoot": latency.get("compute_overshoot"),
+        "au_uses": "measured",
+    })
 }
 
 fn block_details(b: &BlockRecord) -> Value {
@@ -285,13 +302,13 @@ fn per_epoch_stats(record: &RankRecord) -> Value {
     Value::Object(out)
 }
 
-fn rank_output(record: &RankRecord, host: &Host, config: &Config, comm: &dyn Communicator) -> Value {
+fn rank_output(record: &RankRecord, host: &Host, nodes: &Nodes) -> Value {
     let mut out = Map::new();
     out.insert("host_memory_GB".into(), json!(host.memory_gib));
     out.insert("host_cpu_count".into(), json!(host.cpus));
     out.insert("host_processor_name".into(), json!(host.processor));
-    let data = data_size_per_host_gib(config, comm.size(), 1);
-    out.insert("potential_caching".into(), json!(u8::from(data <= host.memory_gib)));
+    // DLIO compares the per-host data size (every rank on the node) with this host's memory.
+    out.insert("potential_caching".into(), json!(u8::from(nodes.data_per_host_gib <= host.memory_gib)));
     out.insert("host_cpuinfo".into(), json!(host.cpuinfo));
     out.insert("host_meminfo".into(), json!(host.meminfo));
     for e in &record.epochs {
@@ -315,6 +332,30 @@ fn rank_output(record: &RankRecord, host: &Host, config: &Config, comm: &dyn Com
     }
     out.insert("hostname".into(), json!(host.hostname));
     Value::Object(out)
+}
+
+/// The job's hosts as DLIO's statscounter sees them: ranks grouped by hostname (MPI's shared-memory split), in
+/// order of their first rank.
+struct Nodes {
+    /// (hostname, memory GiB, logical CPUs, ranks on it)
+    hosts: Vec<(String, f64, u64, u64)>,
+    /// DLIO's `npernode`: ranks on a node (the largest node's count when they differ).
+    ranks_per_node: u64,
+    data_per_host_gib: f64,
+}
+
+impl Nodes {
+    fn of(ranks: &[RankShare], config: &Config, world: u64) -> Self {
+        let mut hosts: Vec<(String, f64, u64, u64)> = Vec::new();
+        for r in ranks {
+            match hosts.iter_mut().find(|h| h.0 == r.hostname) {
+                Some(h) => h.3 += 1,
+                None => hosts.push((r.hostname.clone(), r.memory_gib, r.cpus, 1)),
+            }
+        }
+        let ranks_per_node = hosts.iter().map(|h| h.3).max().unwrap_or(1);
+        Self { data_per_host_gib: data_size_per_host_gib(config, world, ranks_per_node), hosts, ranks_per_node }
+    }
 }
 
 /// DLIO: `(ranks_on_host * samples_per_file * num_files_train // world) * record_length / 2^30`.
@@ -393,16 +434,9 @@ fn summary(
     record: &RankRecord,
     ranks: &[RankShare],
     host: &Host,
+    nodes: &Nodes,
 ) -> Value {
-    let mut hosts: Vec<(&str, f64, u64, u64)> = Vec::new();
-    for r in ranks {
-        match hosts.iter_mut().find(|h| h.0 == r.hostname) {
-            Some(h) => h.3 += 1,
-            None => hosts.push((&r.hostname, r.memory_gib, r.cpus, 1)),
-        }
-    }
-    let per_node = hosts.iter().map(|h| h.3).max().unwrap_or(1);
-    let data_per_host = data_size_per_host_gib(config, comm.size(), per_node);
+    let (hosts, data_per_host) = (&nodes.hosts, nodes.data_per_host_gib);
     let mut metric = Map::new();
     if config.workflow.train {
         let (au, thr) = reduce(ranks, |r| &r.train_au, |r| &r.train_throughput);
@@ -419,7 +453,8 @@ fn summary(
     let mut s = Map::new();
     s.insert("start".into(), json!(timestamp(&record.start)));
     s.insert("num_accelerators".into(), json!(comm.size()));
-    s.insert("num_hosts".into(), json!(hosts.len().max(1)));
+    // DLIO: comm_size // npernode.
+    s.insert("num_hosts".into(), json!((comm.size() / nodes.ranks_per_node.max(1)).max(1)));
     s.insert("hostname".into(), json!(host.hostname));
     s.insert("metric".into(), Value::Object(metric));
     s.insert("num_files_train".into(), json!(d.num_files_train));
@@ -555,12 +590,21 @@ impl Host {
         Self {
             hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
             processor: std::env::consts::ARCH.to_string(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            cpus: logical_cpus(),
             memory_gib: total_kib / f64::from(1u32 << 20),
             cpuinfo: lines_to_dict(&read("/proc/cpuinfo")),
             meminfo,
         }
     }
+}
+
+/// The host's online logical CPUs, as `psutil.cpu_count()` counts them: not this process's affinity (mpirun binds
+/// each rank to a core) nor a cgroup quota.
+fn logical_cpus() -> u64 {
+    // SAFETY: sysconf only reads a system value.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
 }
 
 /// DLIO's `lines_to_dict`: `key: value` lines (the last CPU's fields win in cpuinfo; `processor` is skipped).

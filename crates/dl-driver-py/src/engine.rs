@@ -90,6 +90,7 @@ pub fn run_benchmark(
     check_rank(rank, world_size)?;
     let config = parse_config(config_json)?;
     let plan = plan::plan(&config, source_name, world_size)?;
+    plan.check_steps(source_name)?;
     let cancel = Cancel::default();
     let options = RunOptions { progress, console, cancel: cancel.clone(), overrides };
     let comm = SingleProcess { rank, size: world_size };

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dl_driver_core::runner::lower_runtime_thread_priority;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 
@@ -59,33 +60,63 @@ where
     }
 }
 
-/// Like [`run`], but the first Ctrl-C calls `cancel` and keeps waiting for `future` to wind down (so it can save
-/// what it measured); a second Ctrl-C aborts it. Returns the output and whether Ctrl-C was pressed.
+/// Like [`run`], for a training run: `future` runs on a thread of its own in the normal scheduling class, where its
+/// compute emulation blocks, and its I/O on a runtime of its own whose threads yield the CPUs to it
+/// ([`lower_runtime_thread_priority`]; the process's shared runtime, which framework pipelines use, keeps its
+/// priority). The first Ctrl-C calls `cancel` and keeps waiting for `future` to wind down (so it can save what it
+/// measured); a second Ctrl-C drops it. Returns the output and whether Ctrl-C was pressed.
 pub fn run_cancellable<T, F>(py: Python<'_>, cancel: impl Fn(), future: F) -> PyResult<(T, bool)>
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    let rt = runtime()?;
-    let mut handle = rt.spawn(future);
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("dl-driver-io")
+            .on_thread_start(lower_runtime_thread_priority)
+            .build()
+            .map_err(|e| crate::DlDriverError::new_err(format!("cannot start the I/O runtime: {e}")))?,
+    );
+    let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
+    let (finished, mut done) = tokio::sync::oneshot::channel::<Option<T>>();
+    let runner = Arc::clone(&rt);
+    std::thread::Builder::new()
+        .name("dl-driver-steps".into())
+        .spawn(move || {
+            let output = runner.block_on(async move {
+                tokio::select! {
+                    output = future => Some(output),
+                    _ = aborted => None,
+                }
+            });
+            let _ = finished.send(output);
+        })
+        .map_err(|e| crate::DlDriverError::new_err(format!("cannot start the step loop's thread: {e}")))?;
+    let mut abort = Some(abort);
     let mut interrupted = false;
-    loop {
-        let step = py.detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut handle).await }));
+    let result = loop {
+        let step = py.detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut done).await }));
         match step {
-            Ok(joined) => {
-                let output = joined.map_err(|e| crate::DlDriverError::new_err(format!("an I/O task failed: {e}")))?;
-                return Ok((output, interrupted));
-            }
+            Ok(Ok(Some(output))) => break Ok((output, interrupted)),
+            Ok(_) => break Err(crate::DlDriverError::new_err("the step loop's thread ended without a result")),
             Err(_) => {
                 if let Err(signal) = py.check_signals() {
                     if interrupted {
-                        handle.abort();
-                        return Err(signal);
+                        if let Some(abort) = abort.take() {
+                            let _ = abort.send(());
+                        }
+                        break Err(signal);
                     }
                     interrupted = true;
                     cancel();
                 }
             }
         }
+    };
+    // Tasks still running (a dropped run's) are not waited for.
+    if let Ok(rt) = Arc::try_unwrap(rt) {
+        rt.shutdown_background();
     }
+    result
 }
