@@ -7,7 +7,7 @@ source scripts/common.sh
 
 step "toolchain and test dependencies"
 if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
-ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "tensorflow-cpu>=2.15" \
+ensure_venv "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "pandas>=2" "tensorflow-cpu>=2.15" \
   "mypy>=2.4" "ruff>=0.17"
 
 step "storage servers (moto, SeaweedFS, Azurite)"

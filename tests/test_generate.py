@@ -175,7 +175,9 @@ def test_hdf5_opens_in_h5py(tmp_path: Path) -> None:
     shapes = numpy_shapes(40_000, 8_000, 4)
     for i in range(3):
         with h5py.File(root / "train" / f"img_{i}_of_3.hdf5", "r") as f:
-            assert set(f) == {"records_0", "labels"}
+            # DLIO HEAD reads records_0, DLIO 2.0.0 records: both names link the same dataset.
+            assert set(f) == {"records_0", "records", "labels"}
+            assert f["records"] == f["records_0"] and f["records"][:].tobytes() == f["records_0"][:].tobytes()
             assert f["records_0"].shape == (4, *shapes[i]) and f["records_0"].dtype == np.float32
             assert f["labels"].shape == (4,) and f["labels"].dtype == np.int64 and not f["labels"][:].any()
             assert f["records_0"][2].shape == shapes[i], "a sample slice reads"
@@ -245,12 +247,20 @@ def test_csv_reads_in_numpy(tmp_path: Path) -> None:
 
     shapes = numpy_shapes(40_000, 8_000, 4)
     root = dataset(tmp_path, "csv")
-    rows = np.loadtxt(root / "train" / "img_1_of_3.csv", delimiter=",", dtype=np.int64)
-    assert rows.shape == (4, shapes[1][0] * shapes[1][1])
+    # As DLIO writes it (pandas' to_csv defaults: a header line and an index column) and reads it: every sample is a
+    # row of pd.read_csv(path).to_numpy() (a file without the header line lost its first row there).
+    values = shapes[1][0] * shapes[1][1]
+    path = root / "train" / "img_1_of_3.csv"
+    assert path.read_text().splitlines()[0] == "," + ",".join(str(c) for c in range(values))
+    rows = np.loadtxt(path, delimiter=",", dtype=np.int64, skiprows=1)
+    assert rows.shape == (4, 1 + values) and list(rows[:, 0]) == [0, 1, 2, 3], "the index column"
+    rows = rows[:, 1:]
     assert (rows == rows[0]).all() and rows.min() >= 0 and rows.max() <= 255, "identical rows of byte values, as DLIO"
+    import pandas  # DLIO reads csv with pandas
+    assert pandas.read_csv(path).to_numpy().shape == (4, 1 + values)
     root = dataset(tmp_path / "gz", "csv", **{"dataset.compression": "gzip"})
     with gzip.open(root / "train" / "img_0_of_3.csv.gz", "rt") as f:
-        assert len(f.read().splitlines()) == 4
+        assert len(f.read().splitlines()) == 1 + 4
 
 
 def test_compressed_csv_is_the_plain_csv_through_the_standard_library(tmp_path: Path) -> None:
@@ -280,9 +290,10 @@ def test_compressed_csv_is_the_plain_csv_through_the_standard_library(tmp_path: 
             else:
                 text = decompress[compression](path.read_bytes())
             assert text == (plain / name).read_bytes(), f"{compression}: {name} decompresses to the plain csv"
-            rows = np.loadtxt(text.decode().splitlines(), delimiter=",", dtype=np.int64, ndmin=2)
-            assert (rows == np.loadtxt(plain / name, delimiter=",", dtype=np.int64, ndmin=2)).all()
-            assert rows.shape[0] == 4 and (rows == rows[0]).all(), "4 identical rows, as DLIO"
+            # A header line, then rows of an index and the values (pandas' to_csv defaults, as DLIO writes).
+            rows = np.loadtxt(text.decode().splitlines(), delimiter=",", dtype=np.int64, ndmin=2, skiprows=1)
+            assert (rows == np.loadtxt(plain / name, delimiter=",", dtype=np.int64, ndmin=2, skiprows=1)).all()
+            assert rows.shape[0] == 4 and (rows[:, 1:] == rows[0, 1:]).all(), "4 identical rows, as DLIO"
         cfg = dl_driver.load_dlio_config({"framework": "pytorch", "reader": {"data_loader": "pytorch", "batch_size": 2}},
                                          {"dataset.format": "csv", "dataset.data_folder": str(root),
                                           "dataset.compression": compression, "dataset.num_files_train": 3,
@@ -303,14 +314,14 @@ def test_csv_compression_level_is_used(tmp_path: Path) -> None:
                        **{"dataset.compression": "bz2", "dataset.compression_level": level})
         path = root / "train" / "img_0_of_3.csv.bz2"
         assert path.read_bytes()[:4] == header
-        assert len(bz2.decompress(path.read_bytes()).splitlines()) == 4
+        assert len(bz2.decompress(path.read_bytes()).splitlines()) == 1 + 4, "the header line and 4 rows"
     sizes, dictionaries = {}, {}
     for compression, suffix, decompress in [("gzip", "gz", gzip.decompress), ("xz", "xz", lzma.decompress)]:
         for level in (0, 9):
             root = dataset(tmp_path / f"{compression}-{level}", "csv",
                            **{"dataset.compression": compression, "dataset.compression_level": level})
             data = (root / "train" / f"img_0_of_3.csv.{suffix}").read_bytes()
-            assert len(decompress(data).splitlines()) == 4
+            assert len(decompress(data).splitlines()) == 1 + 4
             sizes[compression, level] = len(data)
             if compression == "xz":
                 dictionaries[level] = xz_dictionary_bytes(data)

@@ -460,10 +460,19 @@ pub fn write(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
     let mut link_info = vec![0, 0];
     link_info.extend_from_slice(&UNDEFINED.to_le_bytes()); // no fractal heap: links are compact
     link_info.extend_from_slice(&UNDEFINED.to_le_bytes());
+    // DLIO HEAD's reader opens `records_0`, DLIO 2.0.0's `records`: a second hard link to the first dataset serves
+    // both (that dataset's header counts its two links).
     let root_messages = |addresses: &[u64]| -> Vec<(u8, Vec<u8>)> {
         let mut m = vec![(0x02, link_info.clone()), (0x0a, vec![0, 0])];
         m.extend(names.iter().zip(addresses).map(|(n, a)| link(n, *a)));
+        m.push(link("records", addresses[0]));
         m
+    };
+    let counted = |set: usize, mut messages: Vec<(u8, Vec<u8>)>| {
+        if set == 0 {
+            messages.push((0x16, vec![0, 2, 0, 0, 0])); // object reference count, version 0: 2 links
+        }
+        messages
     };
     let storage = |set: usize, at: u64| match chunk_sets.get(set) {
         Some(c) => Storage::Chunked { btree: at, chunk: &c.chunk, filter },
@@ -475,7 +484,7 @@ pub fn write(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
     };
     let root_len = header_len(&root_messages(&vec![0; names.len()]));
     let headers_len: u64 = (0..set_count)
-        .map(|set| header_len(&dataset(&dims, max_dims.as_deref(), type_name, &storage(set, 0))))
+        .map(|set| header_len(&counted(set, dataset(&dims, max_dims.as_deref(), type_name, &storage(set, 0)))))
         .sum::<u64>()
         + header_len(&dataset(&[spec.samples], None, "int64", &Storage::Contiguous { address: 0 }));
     let mut header_at = SUPERBLOCK_LEN + root_len;
@@ -492,6 +501,7 @@ pub fn write(config: &Config, spec: &FileSpec, data: &mut SampleBytes, sink: &mu
             }
             None => dataset(&dims, max_dims.as_deref(), type_name, &storage(set, data_at)),
         };
+        let messages = counted(set, messages);
         data_at += records_bytes(set);
         addresses.push(header_at);
         header_at += header_len(&messages);

@@ -115,7 +115,10 @@ pub fn write_file(
     Ok(Vec::new())
 }
 
-/// csv: `samples` identical rows of prod(shape) comma-separated values, no header, no index (DLIO's pandas call),
+/// csv: what DLIO's `pd.DataFrame(records).to_csv(path)` writes, pandas' defaults: a header line (`,0,1,...`, the
+/// column labels after an empty index label), then `samples` identical rows of prod(shape) comma-separated values,
+/// each after its row index. (DLIO's reader, `pd.read_csv(path).to_numpy()`, takes the first line as the header: a
+/// file without one lost a row and failed on its last sample.) The file is
 /// compressed as pandas' `to_csv(compression=...)` writes it when `dataset.compression` is gzip, bz2 or xz (one
 /// stream; the key ends in `.gz`, `.bz2`, `.xz`) or zip (the key ends in `.zip`: an archive of one deflated member
 /// named as the file without `.zip`). Encoders write into the sink as they produce, so memory stays bounded.
@@ -163,7 +166,12 @@ fn csv_rows<W: Write>(config: &Config, spec: &FileSpec, data: &mut SampleBytes, 
     let row_seed = data.fork();
     let mut bytes = vec![0u8; CHUNK.min(usize::try_from(values).unwrap_or(CHUNK))];
     let mut text = String::with_capacity(bytes.len() * 4);
-    for _ in 0..spec.samples {
+    for column in 0..values {
+        write!(out, ",{column}")?;
+    }
+    out.write_all(b"\n")?;
+    for index in 0..spec.samples {
+        write!(out, "{index},")?;
         // Every row is the same record: regenerate it from one seed instead of holding it (it can be huge).
         let mut row = SampleBytes::new(row_seed, 1.0, 1.0);
         let mut left = values;
