@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Storage read benchmark: dl-driver vs the page-cache limit, fio, s3dlio, boto3 and the Azure SDK, in one run.
+# Storage read benchmark: dl-driver vs the page-cache limit, fio (page cache and an O_DIRECT sweep), s3dlio, boto3 and
+# the Azure SDK, in one run.
 # Installs the peers (outside the project's own dependencies), starts the servers, runs storage_vs_peers.py,
 # and writes benches/results/storage.json and the storage section of benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-command -v fio >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio >/dev/null; }
+ensure_fio
 ensure_venv s3dlio boto3 azure-storage-blob
 install_wheel
 if ! scripts/servers.sh status >/dev/null; then
@@ -14,4 +15,4 @@ if ! scripts/servers.sh status >/dev/null; then
   trap 'scripts/servers.sh stop' EXIT
 fi
 eval "$(scripts/servers.sh env)"
-"$venv/bin/python" benches/storage_vs_peers.py --command "benches/storage_vs_peers.sh" "$@"
+"$venv/bin/python" benches/storage_vs_peers.py --command "benches/storage_vs_peers.sh${*:+ $*}" "$@"
