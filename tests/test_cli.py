@@ -162,6 +162,10 @@ def test_a_run_with_no_step_is_refused_before_it_starts(cli, tmp_path: Path) -> 
                  "1 rank(s)"):
         assert part in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "out" / "summary.json").exists()
+    assert not (tmp_path / "d").exists(), "refused before generation wrote anything"
+    out = cli("validate", "workload=resnet50_h100", "++workload.dataset.num_files_train=8",
+              "++workload.dataset.num_samples_per_file=4")
+    assert out.returncode == 2 and "0 steps per epoch" in out.stderr
 
 
 def test_run_generates_data_then_trains(cli, tmp_path: Path) -> None:

@@ -80,8 +80,9 @@ def load_config(
 ) -> LoadResult:
     """Loads and validates a workload; ``kind`` is ``name``, ``file`` or ``json``; typed overrides are ``[[path, value]]``."""
 
-def plan_json(config_json: str, source_name: str, world_size: int) -> str:
-    """The derived plan of a resolved config for ``world_size`` processes, as JSON."""
+def plan_json(config_json: str, source_name: str, world_size: int, run: bool = False) -> str:
+    """The derived plan of a resolved config for ``world_size`` processes, as JSON; with ``run``, also checked for a
+    run (every phase that runs has a step)."""
 
 def config_yaml(config_json: str, redact: bool = True) -> str:
     """The canonical YAML of a resolved config; credentials shown as ``***`` when ``redact``."""

@@ -131,7 +131,7 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 def _validate(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
-    plan = cfg.plan(launcher.world_size(args.world_size))
+    plan = cfg.plan(launcher.world_size(args.world_size), run=True)
     if args.json:
         document = {
             "source": cfg.source_name,
@@ -155,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         cfg.output.folder = args.output
     runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty())
+    cfg.plan(runner.world_size, run=True)  # a run that cannot train fails before generation writes anything
     if cfg.workflow.generate_data:
         _print_generated(cfg, runner.generate(skip_existing=args.skip_existing, threads=args.threads))
     if not (cfg.workflow.train or cfg.workflow.checkpoint):

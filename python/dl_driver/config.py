@@ -145,12 +145,13 @@ class Config:
             return _core.redacted_config_json(json.dumps(self._data))
         return json.dumps(self._data)
 
-    def plan(self, world_size: int = 1) -> dict[str, Any]:
+    def plan(self, world_size: int = 1, *, run: bool = False) -> dict[str, Any]:
         """The derived plan for ``world_size`` processes: steps per epoch, samples per rank, dataset bytes, files,
-        evaluation and checkpoint schedules, checkpoint size."""
+        evaluation and checkpoint schedules, checkpoint size. With ``run``, ConfigError when the workload cannot run
+        as its workflow says (a training or evaluation with 0 steps per epoch); generation alone is always planned."""
         if not isinstance(world_size, int) or not 1 <= world_size <= 2**32:
             raise ConfigError(f"world size {world_size!r}: expected a process count from 1 to 2**32")
-        plan: dict[str, Any] = json.loads(_core.plan_json(json.dumps(self._data), self.source_name, world_size))
+        plan: dict[str, Any] = json.loads(_core.plan_json(json.dumps(self._data), self.source_name, world_size, run))
         return plan
 
     def set(self, path: str, value: Any) -> None:

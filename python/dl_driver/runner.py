@@ -94,6 +94,7 @@ class DlioRunner:
                 ``generate()`` has written it already.
         """
         cfg = self.config
+        cfg.plan(self.world_size, run=True)  # a run that cannot train fails before generation writes anything
         if cfg.workflow.generate_data if generate is None else generate:
             self.generate()
         if not (cfg.workflow.train or cfg.workflow.checkpoint):

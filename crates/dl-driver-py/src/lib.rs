@@ -93,11 +93,16 @@ fn parse_config(config_json: &str) -> Result<config::Config> {
     Ok(config::resolve("config", value, true)?.0)
 }
 
-/// The derived plan of a resolved config for `world_size` processes, as JSON text.
+/// The derived plan of a resolved config for `world_size` processes, as JSON text; with `run`, also checked for a
+/// run (every phase that runs has a step).
 #[pyfunction]
-fn plan_json(config_json: &str, source_name: &str, world_size: u64) -> Result<String> {
+#[pyo3(signature = (config_json, source_name, world_size, run = false))]
+fn plan_json(config_json: &str, source_name: &str, world_size: u64, run: bool) -> Result<String> {
     let cfg = parse_config(config_json)?;
     let p = plan::plan(&cfg, source_name, world_size)?;
+    if run {
+        p.check_steps(source_name)?;
+    }
     Ok(serde_json::to_string(&p).expect("plans serialize"))
 }
 
