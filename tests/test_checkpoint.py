@@ -113,6 +113,11 @@ def test_no_block_after_a_step_checkpoint_reports_au_above_100(tmp_path: Path) -
         assert stats[f"save_ckpt{n}"]["end"] <= stats[f"block{n + 1}"]["start"]
     # 20 steps of >= 10 ms compute each.
     assert report.summary["metric"]["train_au_mean_percentage"] <= 100
+    # The configured compute beside the measured one (AU counts the measured).
+    compute = json.loads((tmp_path / "out" / "dl_driver_report.json").read_text())["compute"]
+    assert compute["configured"]["train.computation_time"] == 0.01 and compute["au_uses"] == "measured"
+    assert compute["measured"]["count"] == 20 and compute["measured"]["p50_us"] >= 10_000
+    assert compute["overshoot"]["count"] == 20 and compute["overshoot"]["p50_us"] >= 0
 
 
 def test_epoch_checkpoints_and_the_llama_layout(tmp_path: Path) -> None:
