@@ -306,37 +306,33 @@ impl OpenBlock {
 /// the next step begins. A block's window so holds exactly the steps whose loads and compute it counts (AU <= 100%),
 /// and blocks and checkpoints tile the epoch.
 struct EpochBlocks {
-    open: Option<OpenBlock>,
+    open: OpenBlock,
     closed: Vec<BlockRecord>,
 }
 
 impl EpochBlocks {
     fn start(at: Stamp) -> Self {
-        Self { open: Some(OpenBlock::new(at)), closed: Vec::new() }
+        Self { open: OpenBlock::new(at), closed: Vec::new() }
     }
 
-    /// Counts a step in the open block (one is open from the epoch's start until its end but for the time of a
-    /// checkpoint).
+    /// Counts a step in the open block.
     fn step(&mut self, times: StepTimes, bytes: u64) {
-        self.open.get_or_insert_with(|| OpenBlock::new(Stamp::now())).add(times, bytes);
+        self.open.add(times, bytes);
     }
 
-    /// A checkpoint ran from `started` to `ended`: closes the open block at `started` and, when `more_steps`, opens
-    /// the next at `ended`. Whether a block was closed (the last of `closed`).
-    fn checkpoint(&mut self, config: &Config, batch: u64, started: Stamp, ended: Stamp, more_steps: bool) -> bool {
-        let closed = self.open.take().map(|b| b.close(config, batch, started));
-        if more_steps {
-            self.open = Some(OpenBlock::new(ended));
-        }
-        let any = closed.is_some();
-        self.closed.extend(closed);
-        any
+    /// A checkpoint ran from `started` to `ended`: closes the open block at `started` and opens the next at
+    /// `ended`. The block it closed.
+    fn checkpoint(&mut self, config: &Config, batch: u64, started: Stamp, ended: Stamp) -> &BlockRecord {
+        let closing = std::mem::replace(&mut self.open, OpenBlock::new(ended));
+        self.closed.push(closing.close(config, batch, started));
+        &self.closed[self.closed.len() - 1]
     }
 
-    /// Ends the epoch's last block at `end`; the epoch's blocks.
+    /// Ends the epoch at `end`: the open block is its last unless a checkpoint after the last step left it
+    /// empty. The epoch's blocks.
     fn finish(mut self, config: &Config, batch: u64, end: Stamp) -> Vec<BlockRecord> {
-        if let Some(b) = self.open.take() {
-            self.closed.push(b.close(config, batch, end));
+        if !self.open.steps.is_empty() || self.closed.is_empty() {
+            self.closed.push(self.open.close(config, batch, end));
         }
         self.closed
     }
@@ -435,10 +431,9 @@ impl<'a> Loop<'a> {
                 blocks.step(times, bytes);
                 if let Some(first) = saved.first() {
                     let started = Stamp { wall: first.start, at: first.started };
-                    if blocks.checkpoint(self.config, batch, started, Stamp::now(), step < steps) {
-                        self.log_block(&blocks.closed[blocks.closed.len() - 1], epoch, blocks.closed.len());
-                    }
-                    self.add_checkpoints(&mut checkpoints, blocks.closed.len(), saved);
+                    let number = blocks.closed.len() + 1;
+                    self.log_block(blocks.checkpoint(self.config, batch, started, Stamp::now()), epoch, number);
+                    self.add_checkpoints(&mut checkpoints, number, saved);
                     if step < steps {
                         self.console.out(&format!("Starting block {}", blocks.closed.len() + 1));
                     }
@@ -607,9 +602,10 @@ impl<'a> Loop<'a> {
         }
         let seconds = draw(&compute, &mut self.rng);
         let t_compute = Instant::now();
+        let wanted = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
         if seconds > 0.0 {
-            let deadline = t_compute.checked_add(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX));
-            let deadline = deadline.unwrap_or_else(|| t_compute + Duration::from_secs(86_400 * 365));
+            let deadline =
+                t_compute.checked_add(wanted).unwrap_or_else(|| t_compute + Duration::from_secs(86_400 * 365));
             // On this thread, out of the runtime's way: a timer wakeup on a worker waits behind whatever reader
             // task (decoding) holds it, and a hop to the blocking pool adds a wakeup the loaded CPUs delay.
             if !tokio::task::block_in_place(|| wait_until(deadline, &cancel)) {
@@ -624,7 +620,7 @@ impl<'a> Loop<'a> {
         self.latency.record(3, t1 - t0);
         self.latency.record(4, t2 - t_compute);
         if seconds > 0.0 {
-            self.latency.record(7, (t2 - t_compute).saturating_sub(Duration::from_secs_f64(seconds.min(1e9))));
+            self.latency.record(7, (t2 - t_compute).saturating_sub(wanted));
         }
         if training {
             self.latency.record(5, t3 - t2);
@@ -730,14 +726,14 @@ mod tests {
             let secs = |us: u64| us as f64 / 1e6;
             let mut blocks = EpochBlocks::start(at(clock));
             let mut checkpoints = Vec::new();
-            for (i, &(load, compute, barrier, hook, checkpoint)) in steps.iter().enumerate() {
+            for &(load, compute, barrier, hook, checkpoint) in &steps {
                 let times = StepTimes { load: secs(load), proc: secs(load + compute), compute: secs(compute) };
                 clock += load + compute + barrier + hook;
                 blocks.step(times, 1);
                 if let Some(d) = checkpoint {
                     let started = clock;
                     clock += d;
-                    blocks.checkpoint(&config, 4, at(started), at(clock), i + 1 < steps.len());
+                    blocks.checkpoint(&config, 4, at(started), at(clock));
                     checkpoints.push((started, clock));
                 }
             }

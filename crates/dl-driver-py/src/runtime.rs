@@ -1,5 +1,6 @@
-//! The one tokio runtime of this process, created lazily and rebuilt in a forked child (PyTorch DataLoader workers
-//! fork), plus `run`: drive a future with the GIL released while staying responsive to Ctrl-C.
+//! The process's shared tokio runtime, created lazily and rebuilt in a forked child (PyTorch DataLoader workers
+//! fork), plus `run`: drive a future with the GIL released while staying responsive to Ctrl-C; and
+//! `run_cancellable`, which gives a training run a runtime and a step thread of its own.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
