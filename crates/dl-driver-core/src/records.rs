@@ -53,6 +53,8 @@ pub struct RankRecord {
     pub epochs: Vec<EpochRecord>,
     pub latency: StageLatencies,
     pub interrupted: bool,
+    /// The scheduling class of the thread that ran the step loop ([`crate::runner::thread_class`]).
+    pub step_thread_class: &'static str,
 }
 
 /// A checkpoint saved or loaded by this rank, reported to the runner for the metrics and run files.

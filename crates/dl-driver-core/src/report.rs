@@ -215,7 +215,7 @@ pub fn finish(
         "epochs": record.epochs.iter().map(epoch_details).collect::<Vec<_>>(),
         "checkpoints": record.epochs.iter().flat_map(|e| &e.checkpoints).map(|(_, c)| checkpoint_details(c)).collect::<Vec<_>>(),
         "latency": share.latency,
-        "compute": compute_details(config, &share.latency),
+        "compute": compute_details(config, &share.latency, record.step_thread_class),
     });
     if record.rank == 0 {
         write("summary.json".into(), &summary)?;
@@ -230,7 +230,11 @@ pub fn finish(
 }
 
 /// The configured compute beside the measured one (docs/training.md: AU counts the measured time, as DLIO does).
-fn compute_details(config: &Config, latency: &std::collections::BTreeMap<String, LatencySummary>) -> Value {
+fn compute_details(
+    config: &Config,
+    latency: &std::collections::BTreeMap<String, LatencySummary>,
+    step_thread_class: &str,
+) -> Value {
     json!({
         "configured": {
             "train.computation_time": config.train.computation_time,
@@ -241,6 +245,7 @@ fn compute_details(config: &Config, latency: &std::collections::BTreeMap<String,
         "measured": latency.get("compute"),
         "overshoot": latency.get("compute_overshoot"),
         "au_uses": "measured",
+        "step_thread_class": step_thread_class,
     })
 }
 

@@ -95,6 +95,7 @@ pub async fn run(
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
     report::save_config(config, &options.overrides, comm.rank())?;
     plugins::call(plugins, Hook::Initialize(plan), comm).await?;
+    let step_thread_class = thread_class();
     let mut run = Loop::new(config, plan, options, comm, console);
     let mut result = match &train {
         Some(train) => {
@@ -122,6 +123,7 @@ pub async fn run(
         epochs: run.epochs,
         latency: run.latency,
         interrupted: options.cancel.is_cancelled(),
+        step_thread_class,
     };
     Ok(report::finish(config, plan, comm, &run.console, &record)?)
 }
@@ -639,7 +641,7 @@ impl<'a> Loop<'a> {
 }
 
 /// For the `on_thread_start` of a training run's runtime: its threads (tokio's workers and blocking pool: they read,
-/// decode and write) run in Linux's `SCHED_IDLE` class, so the step loop's thread (normal class, outside the runtime)
+/// decode and write) run in Linux's `SCHED_IDLE` class, so the step loop's thread (outside the runtime, a higher class)
 /// preempts them the moment its compute deadline comes even when they keep every CPU busy (a nice value is not
 /// enough: a woken thread then waits for the running one's slice, up to ~4 ms). Only the calling thread changes.
 pub fn lower_runtime_thread_priority() {
@@ -648,6 +650,32 @@ pub fn lower_runtime_thread_priority() {
     #[allow(unsafe_code)]
     unsafe {
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param);
+    }
+}
+
+/// For the step loop's thread of a training run: moves the calling thread to Linux's `SCHED_FIFO` class at the lowest
+/// real-time priority, so no normal-class thread (another process's, the interpreter's) can delay the end of an
+/// emulated compute; the thread sleeps between computes and spins at most [`SPIN_BEFORE_DEADLINE`], and the kernel's
+/// real-time throttling keeps a share of every CPU for the rest. Without the privilege (`CAP_SYS_NICE` or an
+/// `RLIMIT_RTPRIO`) the thread stays in the normal class ([`thread_class`] tells which).
+pub fn raise_step_thread_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler on thread 0 (the caller) with a valid parameter only changes its scheduling class.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param);
+    }
+}
+
+/// The calling thread's scheduling class: "fifo", "idle" or "normal" (any other).
+pub fn thread_class() -> &'static str {
+    // SAFETY: sched_getscheduler on thread 0 (the caller) only reads its policy.
+    #[allow(unsafe_code)]
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    match policy {
+        libc::SCHED_FIFO => "fifo",
+        libc::SCHED_IDLE => "idle",
+        _ => "normal",
     }
 }
 

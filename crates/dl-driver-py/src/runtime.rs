@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dl_driver_core::runner::lower_runtime_thread_priority;
+use dl_driver_core::runner::{lower_runtime_thread_priority, raise_step_thread_priority};
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 
@@ -61,11 +61,11 @@ where
     }
 }
 
-/// Like [`run`], for a training run: `future` runs on a thread of its own in the normal scheduling class, where its
-/// compute emulation blocks, and its I/O on a runtime of its own whose threads yield the CPUs to it
-/// ([`lower_runtime_thread_priority`]; the process's shared runtime, which framework pipelines use, keeps its
-/// priority). The first Ctrl-C calls `cancel` and keeps waiting for `future` to wind down (so it can save what it
-/// measured); a second Ctrl-C drops it. Returns the output and whether Ctrl-C was pressed.
+/// Like [`run`], for a training run: `future` runs on a thread of its own (real-time when allowed:
+/// [`raise_step_thread_priority`]), where its compute emulation blocks, and its I/O on a runtime of its own whose
+/// threads yield the CPUs to it ([`lower_runtime_thread_priority`]; the process's shared runtime, which framework
+/// pipelines use, keeps its priority). The first Ctrl-C calls `cancel` and keeps waiting for `future` to wind down
+/// (so it can save what it measured); a second Ctrl-C drops it. Returns the output and whether Ctrl-C was pressed.
 pub fn run_cancellable<T, F>(py: Python<'_>, cancel: impl Fn(), future: F) -> PyResult<(T, bool)>
 where
     F: Future<Output = T> + Send + 'static,
@@ -85,6 +85,7 @@ where
     std::thread::Builder::new()
         .name("dl-driver-steps".into())
         .spawn(move || {
+            raise_step_thread_priority();
             let output = runner.block_on(async move {
                 tokio::select! {
                     output = future => Some(output),
