@@ -118,8 +118,27 @@ def run_benchmark(
     console: bool = True,
     progress: bool = False,
     plugins: list[object] = ...,
+    comm: Comm | None = None,
 ) -> tuple[str, str, bool]:
-    """Runs the workload with the plugins its config asks for and ``plugins``: (summary JSON, report JSON, interrupted)."""
+    """Runs the workload with the plugins its config asks for and ``plugins``, as ``comm``'s rank (else as ``rank``
+    of ``world_size`` alone): (summary JSON, report JSON, interrupted)."""
+
+class Comm:
+    """The ranks of a launched job joined by a backend (``dl_driver.distributed`` builds it)."""
+
+    def __new__(cls, backend: object, timeout_seconds: float) -> Self: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def node(self) -> int | None: ...
+    def barrier(self) -> None:
+        """Returns when every rank has called it."""
+    def all_gather(self, value: str) -> list[str]:
+        """Every rank's ``value``, in rank order."""
+    def fail(self, message: str) -> None:
+        """Tells the other ranks this one failed (MPI), without blocking."""
 
 def checkpoint_list(uri: str, options: dict[str, str] | None = None) -> str:
     """The checkpoints under ``uri`` as JSON: ``[{name, complete, objects, stored_bytes}]``."""

@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from dl_driver import _core, checkpoint, launcher
+from dl_driver import _core, checkpoint, distributed, launcher
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
 from dl_driver.runner import DlioRunner
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
     gen = commands.add_parser("generate", help="write a workload's dataset in DLIO's layout and format")
     _workload_arguments(gen)
-    gen.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
+    gen.add_argument("--rank", type=int, metavar="R", help="this process's rank, launched by hand (alone: no barriers)")
+    _comm_argument(gen)
     gen.add_argument("--skip-existing", action="store_true", help="keep files already written (resumes a generation)")
     gen.add_argument("--threads", type=int, metavar="N", help="files produced at once (default: the number of CPUs)")
     gen.set_defaults(handler=_generate)
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a workload: generate its data (workflow.generate_data), train, evaluate; write DLIO's run files",
     )
     _workload_arguments(run)
-    run.add_argument("--rank", type=int, metavar="R", help="this process's rank (default: from the launcher, else 0)")
+    run.add_argument("--rank", type=int, metavar="R", help="this process's rank, launched by hand (alone: no barriers)")
+    _comm_argument(run)
     run.add_argument("--output", metavar="DIR", help="the run's output folder (default: output.folder)")
     run.set_defaults(handler=_run, skip_existing=False, threads=None)
     ckpt = commands.add_parser("checkpoint", help="list, verify or delete the checkpoints under a location")
@@ -64,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         planned.set_defaults(handler=_not_available)
     return parser
+
+
+def _comm_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--comm",
+        choices=distributed.KINDS,
+        help="how the ranks of a launched job talk (default: distributed.communicator, 'auto': MPI under "
+        "mpirun/mpiexec/srun, torch.distributed under torchrun); see docs/scaling.md",
+    )
 
 
 def _workload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dl-driver {args.command}: interrupted{after}", file=sys.stderr)
         return 130
     except (DlDriverError, OSError) as e:  # OSError: FileNotFoundError from storage, and local files we open
-        print(f"dl-driver {args.command}: error: {e}", file=sys.stderr)
+        print(f"dl-driver {args.command}{_rank_of_job()}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _rank_of_job() -> str:
+    """' (rank R of N)' in a launched job of several processes, so each rank's error says whose it is."""
+    try:
+        size = launcher.world_size()
+        return f" (rank {launcher.rank(None, size)} of {size})" if size > 1 else ""
+    except DlDriverError:
+        return ""
 
 
 def load_from_args(args: argparse.Namespace) -> Config:
@@ -154,7 +174,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     if args.output:
         cfg.output.folder = args.output
-    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty())
+    runner = DlioRunner(
+        cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty(), comm=args.comm
+    )
     cfg.plan(runner.world_size, run=True)  # a run that cannot train fails before generation writes anything
     if cfg.workflow.generate_data:
         _print_generated(cfg, runner.generate(skip_existing=args.skip_existing, threads=args.threads))
@@ -169,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
-    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, progress=sys.stderr.isatty())
+    runner = DlioRunner(cfg, rank=args.rank, world_size=args.world_size, progress=sys.stderr.isatty(), comm=args.comm)
     _print_generated(cfg, runner.generate(skip_existing=args.skip_existing, threads=args.threads))
     return 0
 

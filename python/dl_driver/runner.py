@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dl_driver import _core, launcher
+from dl_driver import _core, distributed, launcher
 from dl_driver.config import Config, load_dlio_config
 from dl_driver.generation import generate
 
@@ -48,7 +51,11 @@ class DlioRunner:
 
     Args:
         config: a Config, or anything ``load_dlio_config`` takes (a workload name, a YAML path, a dict).
-        rank, world_size: default to the launcher's (mpirun, torchrun, Slurm), else 0 of 1.
+        rank, world_size: this process's place when launched by hand (each rank then runs alone: no barriers, no
+            reductions); by default the communicator's.
+        comm: the communicator joining the ranks: ``auto`` (the launcher's: mpirun, mpiexec and srun through MPI,
+            torchrun through torch.distributed), ``mpi``, ``torch`` or ``none``; default: the config's
+            ``distributed.communicator``. See docs/scaling.md.
         console: print DLIO's ``[OUTPUT]`` lines and ``[METRIC]`` block to stdout.
         progress: show a progress line on stderr.
         plugins: objects whose ``initialize()``, ``before_epoch(epoch)``, ``after_epoch(epoch)``,
@@ -66,24 +73,42 @@ class DlioRunner:
         console: bool = False,
         progress: bool = False,
         plugins: Sequence[object] = (),
+        comm: str | None = None,
     ) -> None:
         self.config = config if isinstance(config, Config) else load_dlio_config(config)
-        self.world_size = launcher.world_size(world_size)
-        self.rank = launcher.rank(rank, self.world_size)
+        by_hand = rank is not None or world_size is not None
+        d = self.config.distributed
+        kind = "none" if by_hand and comm is None else (comm or d.communicator)
+        self.comm = distributed.communicator(kind, d.timeout_seconds)
+        if self.comm is not None:
+            if by_hand and (rank, world_size) != (self.comm.rank, self.comm.size):
+                raise _core.ConfigError(
+                    f"rank {rank} of world size {world_size} given, but the {kind} communicator says rank "
+                    f"{self.comm.rank} of {self.comm.size}: give one or the other"
+                )
+            self.world_size, self.rank = self.comm.size, self.comm.rank
+        else:
+            self.world_size = launcher.world_size(world_size)
+            self.rank = launcher.rank(rank, self.world_size)
         self.console = console
         self.progress = progress
         self.plugins = list(plugins)
 
     def generate(self, *, skip_existing: bool = False, threads: int | None = None) -> dict[str, float]:
-        """Writes this rank's share of the dataset."""
-        return generate(
-            self.config,
-            rank=self.rank,
-            world_size=self.world_size,
-            skip_existing=skip_existing,
-            threads=threads,
-            progress=self.progress,
-        )
+        """Writes this rank's share of the dataset (rank r writes files r, r + P, ...); with a communicator, returns
+        once every rank's share is written (DLIO's barrier after generation)."""
+        with self._telling_the_others():
+            written = generate(
+                self.config,
+                rank=self.rank,
+                world_size=self.world_size,
+                skip_existing=skip_existing,
+                threads=threads,
+                progress=self.progress,
+            )
+            if self.comm is not None:
+                self.comm.barrier()
+        return written
 
     def run_benchmark(self, *, generate: bool | None = None) -> Report:
         """Generates data if the workflow asks, then trains (or runs the checkpoint-only workflow); Ctrl-C stops the
@@ -99,17 +124,48 @@ class DlioRunner:
             self.generate()
         if not (cfg.workflow.train or cfg.workflow.checkpoint):
             return Report(summary={}, details={}, output_folder=cfg.output.folder)
-        summary, details, interrupted = _core.run_benchmark(
-            cfg.to_json(redact=False),
-            cfg.source_name,
-            list(cfg.overrides),
-            self.rank,
-            self.world_size,
-            self.console,
-            self.progress,
-            self.plugins,
-        )
+        with self._telling_the_others(), self._sigterm_interrupts():
+            summary, details, interrupted = _core.run_benchmark(
+                cfg.to_json(redact=False),
+                cfg.source_name,
+                list(cfg.overrides),
+                self.rank,
+                self.world_size,
+                self.console,
+                self.progress,
+                self.plugins,
+                self.comm,
+            )
         return Report(json.loads(summary), json.loads(details), interrupted, cfg.output.folder)
+
+    @contextlib.contextmanager
+    def _telling_the_others(self) -> Iterator[None]:
+        """An error on this rank is sent to the others (MPI), which stop at their next wait with it instead of
+        waiting for the timeout."""
+        try:
+            yield
+        except Exception as e:
+            if self.comm is not None:
+                self.comm.fail(f"rank {self.rank} of {self.world_size} failed: {e}")
+            raise
+
+    @contextlib.contextmanager
+    def _sigterm_interrupts(self) -> Iterator[None]:
+        """In a multi-rank run, SIGTERM stops the run as Ctrl-C does (keeping what was measured): launchers turn a
+        Ctrl-C into SIGTERM for every rank (Open MPI's mpirun, then SIGKILL after odls_base_sigkill_timeout, 1 s by
+        default; torchrun)."""
+        if self.comm is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def batches(

@@ -109,6 +109,20 @@ impl Latency {
         self.0.add(&other.0).expect("histograms with the same bounds add");
     }
 
+    /// The histogram's recorded buckets as (value in ns, count), lowest first: what a rank sends so another can
+    /// rebuild it exactly ([`Latency::from_buckets`]) and merge it.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.0.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    }
+
+    pub fn from_buckets(buckets: &[(u64, u64)]) -> Self {
+        let mut l = Self::default();
+        for &(value, count) in buckets {
+            l.0.saturating_record_n(value.max(1), count);
+        }
+        l
+    }
+
     pub fn summary(&self) -> LatencySummary {
         let us = |ns: u64| ns as f64 / 1000.0;
         let h = &self.0;
@@ -135,6 +149,20 @@ impl StageLatencies {
 
     pub fn summaries(&self) -> std::collections::BTreeMap<&'static str, LatencySummary> {
         STAGES.iter().zip(&self.0).map(|(name, h)| (*name, h.summary())).collect()
+    }
+
+    /// Every stage's [`Latency::buckets`], by stage name.
+    pub fn buckets(&self) -> std::collections::BTreeMap<String, Vec<(u64, u64)>> {
+        STAGES.iter().zip(&self.0).map(|(name, h)| ((*name).to_string(), h.buckets())).collect()
+    }
+
+    /// Adds histograms sent as [`StageLatencies::buckets`] (stages it does not know are ignored).
+    pub fn add_buckets(&mut self, buckets: &std::collections::BTreeMap<String, Vec<(u64, u64)>>) {
+        for (i, name) in STAGES.iter().enumerate() {
+            if let Some(b) = buckets.get(*name) {
+                self.0[i].add(&Latency::from_buckets(b));
+            }
+        }
     }
 }
 
@@ -183,6 +211,25 @@ mod tests {
         let (m, s) = mean_stdev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
         assert!((m - 5.0).abs() < 1e-12 && (s - 2.0).abs() < 1e-12);
         assert!(mean_stdev(&[]).0.is_nan());
+    }
+
+    #[test]
+    fn histograms_sent_as_buckets_merge_exactly() {
+        let (mut a, mut b, mut both) = (StageLatencies::default(), StageLatencies::default(), Latency::default());
+        for us in 1..=500u64 {
+            a.record(4, std::time::Duration::from_micros(us));
+            both.record(std::time::Duration::from_micros(us));
+        }
+        for ms in 1..=20u64 {
+            b.record(4, std::time::Duration::from_millis(ms));
+            both.record(std::time::Duration::from_millis(ms));
+        }
+        let mut merged = StageLatencies::default();
+        merged.add_buckets(&a.buckets());
+        merged.add_buckets(&b.buckets());
+        assert_eq!(merged.0[4].summary(), both.summary());
+        assert_eq!(merged.0[4].summary().count, 520);
+        assert_eq!(merged.0[0].summary().count, 0);
     }
 
     #[test]

@@ -69,7 +69,11 @@ pub struct CheckpointRecord {
     #[serde(skip)]
     pub started: Instant,
     pub end: DateTime<Local>,
+    /// DLIO's duration: this rank's time from its start to its own files written, and with `checkpoint.rank_sync`
+    /// to the barrier after every rank's (DLIO HEAD's `end_ckpt`).
     pub duration: f64,
+    /// This rank's time to write (or read) its own files: the slowest rank's is MLPerf's checkpoint duration.
+    pub own_duration: f64,
     /// This rank's tensor bytes, and bytes on storage.
     pub bytes: u64,
     pub stored_bytes: u64,

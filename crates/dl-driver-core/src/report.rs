@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::comm::{CommError, Communicator};
 use crate::config::Config;
-use crate::metrics::{across_ranks, mean_stdev, LatencySummary};
+use crate::metrics::{across_ranks, mean_stdev, LatencySummary, StageLatencies};
 use crate::plan::Plan;
 pub use crate::records::timestamp;
 use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
@@ -112,6 +112,8 @@ pub struct Report {
 struct RankShare {
     rank: u64,
     hostname: String,
+    /// The communicator's node id (ranks of a node share it), when it has one.
+    node: Option<u64>,
     memory_gib: f64,
     cpus: u64,
     train_au: Vec<f64>,
@@ -122,6 +124,8 @@ struct RankShare {
     eval_digests: Vec<String>,
     repeated_samples: Vec<u64>,
     latency: std::collections::BTreeMap<String, LatencySummary>,
+    /// The per-stage histograms themselves (value ns, count), for the job's merged ones.
+    histograms: std::collections::BTreeMap<String, Vec<(u64, u64)>>,
     saves: Checkpoints,
     loads: Checkpoints,
     interrupted: bool,
@@ -133,7 +137,7 @@ fn checkpoints_of(record: &RankRecord, kind: &str) -> Checkpoints {
         .iter()
         .flat_map(|e| &e.checkpoints)
         .filter(|(_, c)| c.kind == kind)
-        .map(|(_, c)| (c.name.clone(), c.duration, c.bytes))
+        .map(|(_, c)| (c.name.clone(), c.duration, c.own_duration, c.bytes))
         .collect()
 }
 
@@ -168,6 +172,7 @@ pub fn finish(
     let share = RankShare {
         rank: record.rank,
         hostname: host.hostname.clone(),
+        node: comm.node(),
         memory_gib: host.memory_gib,
         cpus: host.cpus,
         train_au: record.epochs.iter().map(|e| e.au).collect(),
@@ -178,6 +183,7 @@ pub fn finish(
         eval_digests: record.epochs.iter().filter_map(|e| e.eval_digest.clone()).collect(),
         repeated_samples: record.epochs.iter().map(|e| e.repeated_samples).collect(),
         latency: record.latency.summaries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        histograms: record.latency.buckets(),
         saves: checkpoints_of(record, "save"),
         loads: checkpoints_of(record, "load"),
         interrupted: record.interrupted,
@@ -186,10 +192,8 @@ pub fn finish(
     let ranks: Vec<RankShare> = gathered
         .iter()
         .map(|s| {
-            serde_json::from_str(s).map_err(|e| CommError {
-                operation: "all_gather",
-                message: format!("a rank sent an unreadable result: {e}"),
-            })
+            serde_json::from_str(s)
+                .map_err(|e| CommError::failed("all_gather", format!("a rank sent an unreadable result: {e}")))
         })
         .collect::<Result<_, _>>()?;
     let folder = PathBuf::from(&config.output.folder);
@@ -203,6 +207,10 @@ pub fn finish(
     write(format!("{}_output.json", record.rank), &rank_output(record, &host, &nodes))?;
     let summary = summary(config, plan, comm, record, &ranks, &host, &nodes);
     let interrupted = ranks.iter().any(|r| r.interrupted);
+    let mut job_latency = StageLatencies::default();
+    for r in &ranks {
+        job_latency.add_buckets(&r.histograms);
+    }
     let details = json!({
         "dl_driver_version": env!("CARGO_PKG_VERSION"),
         "interrupted": interrupted,
@@ -215,6 +223,8 @@ pub fn finish(
         "epochs": record.epochs.iter().map(epoch_details).collect::<Vec<_>>(),
         "checkpoints": record.epochs.iter().flat_map(|e| &e.checkpoints).map(|(_, c)| checkpoint_details(c)).collect::<Vec<_>>(),
         "latency": share.latency,
+        "latency_all_ranks": job_latency.summaries(),
+        "checkpoint_rule": checkpoint_rule(&ranks),
         "compute": compute_details(config, &share.latency, record.step_thread_class),
     });
     if record.rank == 0 {
@@ -351,13 +361,16 @@ struct Nodes {
 
 impl Nodes {
     fn of(ranks: &[RankShare], config: &Config, world: u64) -> Self {
-        let mut hosts: Vec<(String, f64, u64, u64)> = Vec::new();
+        // (node key, hostname, memory GiB, logical CPUs, ranks on it): the communicator's node id, else the hostname.
+        let mut nodes: Vec<(String, String, f64, u64, u64)> = Vec::new();
         for r in ranks {
-            match hosts.iter_mut().find(|h| h.0 == r.hostname) {
-                Some(h) => h.3 += 1,
-                None => hosts.push((r.hostname.clone(), r.memory_gib, r.cpus, 1)),
+            let key = r.node.map_or_else(|| r.hostname.clone(), |n| format!("node {n}"));
+            match nodes.iter_mut().find(|h| h.0 == key) {
+                Some(h) => h.4 += 1,
+                None => nodes.push((key, r.hostname.clone(), r.memory_gib, r.cpus, 1)),
             }
         }
+        let hosts: Vec<(String, f64, u64, u64)> = nodes.into_iter().map(|n| (n.1, n.2, n.3, n.4)).collect();
         let ranks_per_node = hosts.iter().map(|h| h.3).max().unwrap_or(1);
         Self { data_per_host_gib: data_size_per_host_gib(config, world, ranks_per_node), hosts, ranks_per_node }
     }
@@ -407,21 +420,74 @@ fn reduce(
     (0..epochs).map(|e| across_ranks(&ranks.iter().map(|r| (au(r)[e], thr(r)[e])).collect::<Vec<_>>())).unzip()
 }
 
-/// (name, seconds, tensor bytes) of a rank's checkpoints of one kind.
-type Checkpoints = Vec<(String, f64, u64)>;
+/// (name, DLIO's seconds, own seconds, tensor bytes) of a rank's checkpoints of one kind.
+type Checkpoints = Vec<(String, f64, f64, u64)>;
 
-/// Per checkpoint (in order), the longest rank's duration: the MLPerf rule (a checkpoint is done when every rank is).
-fn slowest(ranks: &[RankShare], pick: fn(&RankShare) -> &Checkpoints) -> Vec<f64> {
-    let count = ranks.iter().map(|r| pick(r).len()).min().unwrap_or(0);
-    (0..count).map(|i| ranks.iter().map(|r| pick(r)[i].1).fold(0.0, f64::max)).collect()
+/// A rank's saves or loads.
+fn of_kind<'a>(r: &'a RankShare, kind: &str) -> &'a Checkpoints {
+    if kind == "save" {
+        &r.saves
+    } else {
+        &r.loads
+    }
 }
 
-/// DLIO's checkpoint fields: GB/s = checkpoint_size_GB (every rank's share) / the slowest rank's duration.
+/// Per checkpoint (in order, those every rank has): the bytes of every rank's files, in GiB (DLIO's
+/// `checkpoint_size_GB`), and the slowest rank's own duration (the MLPerf rule: a checkpoint is done when every
+/// rank's files are).
+fn across_ranks_checkpoints(ranks: &[RankShare], kind: &str) -> Vec<(f64, f64)> {
+    let count = ranks.iter().map(|r| of_kind(r, kind).len()).min().unwrap_or(0);
+    (0..count)
+        .map(|i| {
+            let size = ranks.iter().map(|r| of_kind(r, kind)[i].3).sum::<u64>();
+            (gib(size), ranks.iter().map(|r| of_kind(r, kind)[i].2).fold(0.0, f64::max))
+        })
+        .collect()
+}
+
+/// MLPerf's checkpoint rule beside DLIO's fields (dl_driver_report.json): per checkpoint the slowest rank's duration
+/// and the total size over it.
+fn checkpoint_rule(ranks: &[RankShare]) -> Value {
+    let kinds = ["save", "load"].map(|kind| {
+        let per: Vec<Value> = across_ranks_checkpoints(ranks, kind)
+            .into_iter()
+            .map(|(size, slowest)| {
+                json!({"size_GiB": size, "slowest_rank_seconds": slowest,
+                       "GiB_per_second": if slowest > 0.0 { size / slowest } else { 0.0 }})
+            })
+            .collect();
+        (kind, per)
+    });
+    json!({
+        "definition": "MLPerf Storage: duration = the slowest rank's time to write (read) its files; throughput = \
+                       every rank's bytes / that duration",
+        "save": kinds[0].1,
+        "load": kinds[1].1,
+    })
+}
+
+/// DLIO's checkpoint fields (HEAD's statscounter, computed by rank 0): `checkpoint_size_GB` = every rank's bytes;
+/// duration = rank 0's (its own files, through the barrier after every rank's with `checkpoint.rank_sync`);
+/// GB/s = size / that duration.
 fn checkpoint_metrics(metric: &mut Map<String, Value>, plan: &Plan, ranks: &[RankShare]) {
-    let size = plan.checkpoint.as_ref().map_or(0.0, |c| c.size_gib);
+    let planned = plan.checkpoint.as_ref().map_or(0.0, |c| c.size_gib);
+    // A rank launched by hand gathers only itself: the plan's size is every rank's then.
+    let every_rank = ranks.len() as u64 == plan.world_size;
+    let sizes_of = |kind: &str| -> Vec<f64> {
+        let measured = across_ranks_checkpoints(ranks, kind).into_iter().map(|c| c.0);
+        if every_rank {
+            measured.collect()
+        } else {
+            measured.map(|_| planned).collect()
+        }
+    };
+    let size = sizes_of("save").first().copied().unwrap_or(planned);
     for kind in ["save", "load"] {
-        let durations = slowest(ranks, if kind == "save" { |r| &r.saves } else { |r| &r.loads });
-        let rates: Vec<f64> = durations.iter().map(|d| if *d > 0.0 { size / d } else { 0.0 }).collect();
+        let sizes = sizes_of(kind);
+        let durations: Vec<f64> =
+            ranks.first().map(|r| of_kind(r, kind).iter().take(sizes.len()).map(|c| c.1).collect()).unwrap_or_default();
+        let rates: Vec<f64> =
+            durations.iter().zip(&sizes).map(|(d, size)| if *d > 0.0 { size / d } else { 0.0 }).collect();
         let (rate_mean, rate_std) = mean_stdev(&rates);
         let (dur_mean, dur_std) = mean_stdev(&durations);
         metric.insert(format!("{kind}_checkpoint_io_mean_GB_per_second"), number(rate_mean));

@@ -16,7 +16,7 @@ use crate::layout::{self, Split};
 use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
 use crate::pipeline::{Pipeline, PipelineError, ReaderSpec, Readers};
 use crate::plan::Plan;
-use crate::plugins::{self, Hook, HookError, Plugin, StepPoint};
+use crate::plugins::{self, Hook, HookError, Plugin, PluginError, StepPoint};
 pub use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
 use crate::report::{self, Console};
 use crate::sampler::{Rng, Sampler, ShufflePolicy, PURPOSE_COMPUTE};
@@ -95,6 +95,12 @@ pub async fn run(
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
     report::save_config(config, &options.overrides, comm.rank())?;
     plugins::call(plugins, Hook::Initialize(plan), comm).await?;
+    // DLIO's barrier at the end of its initialization: every rank has listed the dataset before any trains.
+    if let Err(e) = comm.barrier() {
+        if !e.interrupted {
+            return Err(e.into());
+        }
+    }
     let step_thread_class = thread_class();
     let mut run = Loop::new(config, plan, options, comm, console);
     let mut result = match &train {
@@ -111,6 +117,13 @@ pub async fn run(
         }
         None => run.checkpoint_only(plugins).await,
     };
+    // A barrier given up on Ctrl-C (or the launcher's SIGTERM) ends the run as interrupted, keeping what it measured.
+    let given_up = |e: &CommError| e.interrupted;
+    if matches!(&result, Err(RunError::Comm(e)) if given_up(e))
+        || matches!(&result, Err(RunError::Plugin(HookError { source: PluginError::Comm(e), .. })) if given_up(e))
+    {
+        result = Ok(());
+    }
     let finalized = plugins::call(plugins, Hook::Finalize, comm).await;
     if let (Ok(()), Err(e)) = (&result, finalized) {
         result = Err(e.into());
@@ -341,6 +354,15 @@ impl EpochBlocks {
 }
 
 impl<'a> Loop<'a> {
+    /// A barrier across the ranks; false when it was given up because the run was interrupted.
+    fn barrier(&self) -> Result<bool, RunError> {
+        match self.comm.barrier() {
+            Ok(()) => Ok(true),
+            Err(e) if e.interrupted => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn new(
         config: &'a Config,
         plan: &'a Plan,
@@ -447,7 +469,10 @@ impl<'a> Loop<'a> {
                 self.log_block(b, epoch, before + 1);
             }
             drop(pipeline);
+            // DLIO's barriers around the end of an epoch's training and its epoch checkpoint.
+            self.barrier()?;
             let saved = plugins::call(plugins, Hook::AfterEpoch(epoch), self.comm).await?;
+            self.barrier()?;
             self.add_checkpoints(&mut checkpoints, blocks.len(), saved);
             let weights = |f: fn(&BlockRecord) -> f64| blocks.iter().map(|b| (f(b), b.steps.len())).collect::<Vec<_>>();
             let (au, throughput) = (step_weighted(&weights(|b| b.au)), step_weighted(&weights(|b| b.throughput)));
@@ -615,8 +640,9 @@ impl<'a> Loop<'a> {
             }
         }
         let t2 = Instant::now();
-        if training {
-            self.comm.barrier()?;
+        // DLIO's per-step barrier, which emulates the gradient all-reduce.
+        if training && !self.barrier()? {
+            return Ok(None);
         }
         let t3 = Instant::now();
         self.latency.record(3, t1 - t0);

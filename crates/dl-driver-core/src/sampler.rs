@@ -130,34 +130,41 @@ impl Sampler {
         (id / self.samples_per_file, id % self.samples_per_file)
     }
 
-    /// The order in which this rank reads `epoch` (1-based): `steps_per_epoch * batch_size` samples.
+    /// The order in which this rank reads `epoch` (1-based): `steps_per_epoch * batch_size` samples. The epoch's
+    /// global order (the file shuffle, then the sample shuffle, seeded by the seed and not the rank) is the same
+    /// whatever the world size; rank r reads its DLIO shard of it, the r-th contiguous range ([`Sampler::range`]),
+    /// so one rank reads what two ranks read one after the other.
     pub fn epoch(&self, epoch: u64) -> EpochOrder {
         let p = &self.policy;
         let salt = if p.seed_change_epoch { epoch } else { 0 };
         let rng = |purpose: u64, mode: Shuffle| match mode {
-            Shuffle::Seed => Some(Rng::derive(p.seed, salt, self.rank, purpose)),
+            Shuffle::Seed => Some(Rng::derive(p.seed, salt, 0, purpose)),
             Shuffle::Random => Some(Rng::new(clock_seed())),
             Shuffle::Off => None,
         };
+        let total = self.total_samples();
         let range = self.range();
-        let mut own: Vec<SampleId> = range.clone().collect();
+        let shuffled = p.file != Shuffle::Off || p.sample != Shuffle::Off;
+        // Unshuffled, the global order is the ids themselves: no need to hold the whole epoch.
+        let mut global: Vec<SampleId> = if shuffled { (0..total).collect() } else { Vec::new() };
         if let Some(mut rng) = rng(PURPOSE_FILES, p.file) {
             let spf = self.samples_per_file.max(1);
-            let mut files: Vec<u64> = (range.start / spf..range.end.div_ceil(spf)).collect();
+            let mut files: Vec<u64> = (0..total.div_ceil(spf)).collect();
             rng.shuffle(&mut files);
-            own = files.into_iter().flat_map(|f| (f * spf).max(range.start)..((f + 1) * spf).min(range.end)).collect();
+            global = files.into_iter().flat_map(|f| f * spf..((f + 1) * spf).min(total)).collect();
         }
         if let Some(mut rng) = rng(PURPOSE_SAMPLES, p.sample) {
-            rng.shuffle(&mut own);
+            rng.shuffle(&mut global);
         }
+        let at = |i: u64| if shuffled { global[usize::try_from(i).unwrap_or(usize::MAX)] } else { i };
+        let mut own: Vec<SampleId> = range.map(at).collect();
         let wanted = usize::try_from(self.steps_per_epoch * self.batch_size).unwrap_or(usize::MAX);
         let repeated = wanted.saturating_sub(own.len()) as u64;
-        let total = self.total_samples();
         if own.is_empty() && total > 0 && wanted > 0 {
             // More ranks than ceil-sized ranges: this rank owns nothing but must run the common steps, so it reads
             // the samples that follow its would-be range, wrapping around the dataset.
             let per_rank = total.div_ceil(self.world_size.max(1));
-            own = (0..wanted as u64).map(|i| (self.rank * per_rank + i) % total).collect();
+            own = (0..wanted as u64).map(|i| at((self.rank * per_rank + i) % total)).collect();
         }
         let samples: Vec<SampleId> = own.iter().copied().cycle().take(wanted).collect();
         let digest = digest(&samples);
@@ -236,14 +243,18 @@ mod tests {
     }
 
     #[test]
-    fn shuffles_are_deterministic_permutations_of_the_range() {
+    fn shuffles_are_deterministic_and_ranks_shard_one_global_order() {
         let s = sampler(16, 4, 1, 2, 4, Shuffle::Seed, Shuffle::Seed);
         let a = s.epoch(1);
         assert_eq!(a, s.epoch(1), "same seed, same order");
-        let mut sorted = a.samples.clone();
+        // Rank 1 of 2 reads the second half of the order one rank reads; the two halves cover the epoch once.
+        let alone = sampler(16, 4, 0, 1, 4, Shuffle::Seed, Shuffle::Seed).epoch(1);
+        let first = sampler(16, 4, 0, 2, 4, Shuffle::Seed, Shuffle::Seed).epoch(1);
+        assert_eq!([first.samples.clone(), a.samples.clone()].concat(), alone.samples);
+        let mut sorted = alone.samples.clone();
         sorted.sort_unstable();
-        assert_eq!(sorted, (32..64).collect::<Vec<_>>());
-        assert_ne!(a.samples, sorted, "a seeded shuffle shuffles");
+        assert_eq!(sorted, (0..64).collect::<Vec<_>>());
+        assert_ne!(alone.samples, sorted, "a seeded shuffle shuffles");
         assert_ne!(a.digest, s.epoch(2).digest, "seed_change_epoch changes the order per epoch");
         let other_seed = Sampler { policy: ShufflePolicy { seed: 124, ..s.policy }, ..s.clone() };
         assert_ne!(a.digest, other_seed.epoch(1).digest);

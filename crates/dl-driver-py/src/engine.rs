@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use dl_driver_core::checkpoint::manifest;
-use dl_driver_core::comm::SingleProcess;
+use dl_driver_core::comm::{Communicator, SingleProcess};
 use dl_driver_core::generate::layout::Split;
 use dl_driver_core::pipeline::{Batch, Pipeline};
 use dl_driver_core::plugins::{HookContext, Plugin, PluginError, StepPoint};
@@ -13,6 +13,7 @@ use dl_driver_core::runner::{self, Cancel, RunError, RunOptions};
 use dl_driver_core::{plan, sampler};
 use pyo3::prelude::*;
 
+use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::storage::{open_store, Buffer};
 use crate::{parse_config, runtime, DlDriverError};
@@ -72,9 +73,10 @@ impl Plugin for PyPlugin {
 }
 
 /// Runs the workload's training and evaluation, or its checkpoint-only workflow, with the plugins its config asks
-/// for and `plugins` (Python objects); returns (summary JSON, report JSON, interrupted).
+/// for and `plugins` (Python objects), as `comm`'s rank (else as `rank` of `world_size` alone); returns (summary JSON,
+/// report JSON, interrupted).
 #[pyfunction]
-#[pyo3(signature = (config_json, source_name, overrides, rank = 0, world_size = 1, console = true, progress = false, plugins = Vec::new()))]
+#[pyo3(signature = (config_json, source_name, overrides, rank = 0, world_size = 1, console = true, progress = false, plugins = Vec::new(), comm = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn run_benchmark(
     py: Python<'_>,
@@ -86,22 +88,35 @@ pub fn run_benchmark(
     console: bool,
     progress: bool,
     plugins: Vec<Py<PyAny>>,
+    comm: Option<PyRef<'_, Comm>>,
 ) -> Result<(String, String, bool)> {
+    let joined = comm.as_ref().map(|c| Arc::clone(&c.inner));
+    let (rank, world_size) = joined.as_ref().map_or((rank, world_size), |c| (c.rank(), c.size()));
     check_rank(rank, world_size)?;
     let config = parse_config(config_json)?;
     let plan = plan::plan(&config, source_name, world_size)?;
     plan.check_steps(source_name)?;
     let cancel = Cancel::default();
     let options = RunOptions { progress, console, cancel: cancel.clone(), overrides };
-    let comm = SingleProcess { rank, size: world_size };
+    let comm: Arc<dyn Communicator> = match &joined {
+        Some(c) => {
+            c.watch(Some(cancel.clone()));
+            Arc::clone(c) as Arc<dyn Communicator>
+        }
+        None => Arc::new(SingleProcess { rank, size: world_size }),
+    };
     let mut python: Vec<Box<dyn Plugin>> = Vec::new();
     for object in plugins {
         let name = object.bind(py).get_type().name().map_or_else(|_| "plugin".to_string(), |n| n.to_string());
         python.push(Box::new(PyPlugin { object, name }));
     }
-    let (result, _) = runtime::run_cancellable(py, || cancel.cancel(), async move {
-        runner::run(&config, &plan, &options, &comm, python).await
-    })?;
+    let result = runtime::run_cancellable(py, || cancel.cancel(), async move {
+        runner::run(&config, &plan, &options, comm.as_ref(), python).await
+    });
+    if let Some(c) = &joined {
+        c.watch(None);
+    }
+    let (result, _) = result?;
     let report = result?;
     Ok((report.summary.to_string(), report.details.to_string(), report.interrupted))
 }

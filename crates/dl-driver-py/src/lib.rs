@@ -3,6 +3,7 @@
 // pyo3 hands functions owned arguments extracted from Python objects.
 #![allow(clippy::needless_pass_by_value)]
 
+mod comm;
 mod engine;
 mod error;
 mod runtime;
@@ -180,6 +181,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine::checkpoint_delete, m)?)?;
     m.add_function(wrap_pyfunction!(generate, m)?)?;
     m.add_function(wrap_pyfunction!(engine::run_benchmark, m)?)?;
+    m.add_class::<comm::Comm>()?;
     m.add_class::<engine::Batches>()?;
     m.add_class::<engine::PyBatch>()?;
     m.add_class::<storage::Store>()?;

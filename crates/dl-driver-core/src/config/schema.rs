@@ -34,6 +34,11 @@ macro_rules! string_enum {
 }
 
 string_enum!(
+    /// Which communicator joins the ranks of a launched job (dl-driver extension): `auto` picks from the launcher's
+    /// environment (mpirun/mpiexec/srun: MPI; torchrun: torch.distributed), `none` runs each process alone.
+    CommKind { Auto = "auto", Mpi = "mpi", Torch = "torch", None = "none" } default Auto
+);
+string_enum!(
     /// The training framework being emulated.
     Framework { Tensorflow = "tensorflow", Pytorch = "pytorch" } default Tensorflow
 );
@@ -136,6 +141,23 @@ pub struct Config {
     pub metric: Metric,
     /// dl-driver extension: plugins to enable by name (`checkpoint` is the same as `workflow.checkpoint: True`).
     pub plugins: Vec<String>,
+    /// dl-driver extension: how the ranks of a multi-process run talk.
+    pub distributed: Distributed,
+}
+
+/// `distributed:` (dl-driver extension) the communicator of a multi-process run and how long a collective waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Distributed {
+    pub communicator: CommKind,
+    /// A barrier or gather that not every rank reaches within this many seconds fails, naming where it waited.
+    pub timeout_seconds: f64,
+}
+
+impl Default for Distributed {
+    fn default() -> Self {
+        Self { communicator: CommKind::Auto, timeout_seconds: 60.0 }
+    }
 }
 
 /// `model:` the emulated model (name, and the sizes checkpointing needs).

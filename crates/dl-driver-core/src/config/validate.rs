@@ -70,6 +70,11 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
         }
     }
 
+    let timeout = c.distributed.timeout_seconds;
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return err("distributed.timeout_seconds", format!("got {timeout}, expected a number of seconds > 0"));
+    }
+
     // DLIO's own errors. The loader checks matter only when data is read (checkpoint-only workloads read none).
     let reads_data = c.workflow.train || c.workflow.evaluation;
     match (c.framework, c.reader.data_loader) {

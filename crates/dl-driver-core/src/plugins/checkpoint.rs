@@ -85,6 +85,9 @@ impl CheckpointPlugin {
             .await?;
             entries.push(entry);
         }
+        let own = started.elapsed().as_secs_f64();
+        // The manifest is written once every rank's files are complete; a rank that fails before this barrier
+        // leaves the checkpoint without one (incomplete to every reader).
         ctx.comm.barrier()?;
         let gathered = ctx.comm.all_gather(serde_json::to_string(&entries).expect("entries serialize"))?;
         if rank == 0 {
@@ -123,7 +126,8 @@ impl CheckpointPlugin {
             start,
             started,
             end: Local::now(),
-            duration: started.elapsed().as_secs_f64(),
+            duration: if self.config.checkpoint.rank_sync { started.elapsed().as_secs_f64() } else { own },
+            own_duration: own,
             bytes: entries.iter().map(|e| e.bytes).sum(),
             stored_bytes: entries.iter().map(|e| e.stored_bytes).sum(),
             files: entries.len() as u64,
@@ -144,6 +148,7 @@ impl CheckpointPlugin {
             bytes += entry.bytes;
             files += 1;
         }
+        let own = started.elapsed().as_secs_f64();
         ctx.comm.barrier()?;
         ctx.checkpoints.push(CheckpointRecord {
             kind: "load",
@@ -153,7 +158,8 @@ impl CheckpointPlugin {
             start,
             started,
             end: Local::now(),
-            duration: started.elapsed().as_secs_f64(),
+            duration: if self.config.checkpoint.rank_sync { started.elapsed().as_secs_f64() } else { own },
+            own_duration: own,
             bytes,
             stored_bytes: stored,
             files,

@@ -1,0 +1,195 @@
+//! Communicators from Python: an MPI (mpi4py) or torch.distributed backend object, built by
+//! `python/dl_driver/distributed.py`, behind the core's [`Communicator`] trait. The backend starts a non-blocking
+//! barrier on one of two channels (`ibarrier("barrier")` or `ibarrier("gather")`, whose request has `test()`) and
+//! gathers strings (`allgather(value)`, called only once every rank has passed a "gather" barrier). This module waits
+//! on the request so that a wait ends when `distributed.timeout_seconds` passes or when the backend reports that
+//! another rank failed (`test()` raises), and a barrier also on Ctrl-C (the run's [`Cancel`]); it never spins a
+//! real-time step thread against the CPUs its own readers need (it sleeps between polls). A gather is not given up on
+//! Ctrl-C: it is how an interrupted run still writes every rank's results, and its own channel keeps a barrier
+//! abandoned on Ctrl-C from pairing with it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dl_driver_core::comm::{CommError, Communicator};
+use dl_driver_core::runner::Cancel;
+use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::prelude::*;
+
+use crate::DlDriverError;
+
+/// How long a barrier polls without sleeping: the last rank to arrive finds it complete within a few polls.
+const SPIN: Duration = Duration::from_micros(100);
+/// The sleep between polls after that.
+const POLL: Duration = Duration::from_micros(50);
+
+/// A Python backend as a [`Communicator`].
+pub struct PyComm {
+    backend: Py<PyAny>,
+    rank: u64,
+    size: u64,
+    node: Option<u64>,
+    timeout: Duration,
+    /// The run being measured, whose Ctrl-C gives up a wait.
+    cancel: Mutex<Option<Cancel>>,
+}
+
+fn message(py: Python<'_>, e: &PyErr) -> String {
+    e.value(py).str().map_or_else(|_| e.to_string(), |s| s.to_string())
+}
+
+impl PyComm {
+    fn cancelled(&self) -> bool {
+        self.cancel.lock().is_ok_and(|c| c.as_ref().is_some_and(Cancel::is_cancelled))
+    }
+
+    /// Sets (or clears) the run whose cancellation gives up a wait.
+    pub fn watch(&self, cancel: Option<Cancel>) {
+        if let Ok(mut c) = self.cancel.lock() {
+            *c = cancel;
+        }
+    }
+
+    /// Waits until every rank has started a barrier on `operation`'s channel ("barrier" or "all_gather").
+    fn wait(&self, operation: &'static str) -> Result<(), CommError> {
+        let interrupted = || CommError { operation, message: "interrupted".into(), interrupted: true };
+        let (channel, cancellable) = if operation == "barrier" { ("barrier", true) } else { ("gather", false) };
+        let request =
+            Python::attach(|py| self.backend.bind(py).call_method1("ibarrier", (channel,)).map(Bound::unbind))
+                .map_err(|e| Python::attach(|py| CommError::failed(operation, message(py, &e))))?;
+        let start = Instant::now();
+        loop {
+            let done = Python::attach(|py| {
+                // Runs the signal handlers when the caller is Python's main thread (a barrier called from Python).
+                py.check_signals()?;
+                request.bind(py).call_method0("test")?.extract::<bool>()
+            });
+            match done {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if cancellable && Python::attach(|py| e.is_instance_of::<PyKeyboardInterrupt>(py)) => {
+                    return Err(interrupted());
+                }
+                Err(e) => return Err(Python::attach(|py| CommError::failed(operation, message(py, &e)))),
+            }
+            if cancellable && self.cancelled() {
+                return Err(interrupted());
+            }
+            let waited = start.elapsed();
+            if waited > self.timeout {
+                return Err(CommError::failed(
+                    operation,
+                    format!(
+                        "rank {} waited {:.0} s (distributed.timeout_seconds) and not every one of the {} ranks \
+                         arrived: a rank stopped, hangs, or is that far behind",
+                        self.rank,
+                        self.timeout.as_secs_f64(),
+                        self.size
+                    ),
+                ));
+            }
+            if waited < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+impl Communicator for PyComm {
+    fn rank(&self) -> u64 {
+        self.rank
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn barrier(&self) -> Result<(), CommError> {
+        self.wait("barrier")
+    }
+
+    fn all_gather(&self, value: String) -> Result<Vec<String>, CommError> {
+        self.wait("all_gather")?;
+        Python::attach(|py| self.backend.bind(py).call_method1("allgather", (value,))?.extract::<Vec<String>>())
+            .map_err(|e| Python::attach(|py| CommError::failed("all_gather", message(py, &e))))
+    }
+
+    fn node(&self) -> Option<u64> {
+        self.node
+    }
+}
+
+/// The ranks of a launched job, joined by a backend (`dl_driver.distributed` builds it): `rank`, `size`, `node`,
+/// `barrier()` and `all_gather(value)`, with the timeout and failure handling of the engine's own waits.
+#[pyclass(frozen, module = "dl_driver._core")]
+pub struct Comm {
+    pub inner: Arc<PyComm>,
+}
+
+fn comm_error(e: CommError) -> PyErr {
+    if e.interrupted {
+        PyKeyboardInterrupt::new_err("interrupted")
+    } else {
+        DlDriverError::new_err(e.to_string())
+    }
+}
+
+#[pymethods]
+impl Comm {
+    /// `backend` has `rank`, `size`, `node` (an id its node's ranks share, or None), `ibarrier(channel)` and
+    /// `allgather(value)`; and, optionally, `fail(message)` to tell the other ranks this one failed.
+    #[new]
+    fn new(backend: Bound<'_, PyAny>, timeout_seconds: f64) -> PyResult<Self> {
+        let rank: u64 = backend.getattr("rank")?.extract()?;
+        let size: u64 = backend.getattr("size")?.extract()?;
+        let node: Option<u64> = backend.getattr("node")?.extract()?;
+        if size == 0 || rank >= size {
+            return Err(DlDriverError::new_err(format!("communicator: rank {rank} is not below its size {size}")));
+        }
+        let timeout = Duration::try_from_secs_f64(timeout_seconds).map_err(|_| {
+            DlDriverError::new_err(format!(
+                "distributed.timeout_seconds is {timeout_seconds}: expected a number of seconds > 0"
+            ))
+        })?;
+        let inner = PyComm { backend: backend.unbind(), rank, size, node, timeout, cancel: Mutex::new(None) };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    #[getter]
+    fn rank(&self) -> u64 {
+        self.inner.rank
+    }
+
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    #[getter]
+    fn node(&self) -> Option<u64> {
+        self.inner.node
+    }
+
+    /// Returns when every rank has called it; KeyboardInterrupt on Ctrl-C; DlDriverError after the timeout or when
+    /// another rank failed.
+    fn barrier(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.barrier()).map_err(comm_error)
+    }
+
+    /// Every rank's `value`, in rank order.
+    fn all_gather(&self, py: Python<'_>, value: String) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.all_gather(value)).map_err(comm_error)
+    }
+
+    /// Tells the other ranks this one failed with `message`, if the backend can (MPI); they stop at their next wait
+    /// with an error that carries it. Never blocks.
+    fn fail(&self, py: Python<'_>, message: &str) -> PyResult<()> {
+        let backend = self.inner.backend.bind(py);
+        if backend.hasattr("fail")? {
+            backend.call_method1("fail", (message,))?;
+        }
+        Ok(())
+    }
+}
