@@ -188,6 +188,22 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("Buffer.__eq__", buffer == b"0123456789")
     check("Buffer.__buffer__", memoryview(buffer))
 
+    class Alone:  # a one-rank backend: what dl_driver.distributed's MPI and torch backends provide
+        rank, size, node = 0, 1, None
+
+        def ibarrier(self, channel: str) -> object:
+            return type("Done", (), {"test": lambda self: True})()
+
+        def allgather(self, value: str) -> list[str]:
+            return [value]
+
+    comm = check("Comm.__new__", _core.Comm(Alone(), 5.0))
+    for field in ("rank", "size", "node"):
+        check(f"Comm.{field}", getattr(comm, field))
+    check("Comm.barrier", comm.barrier())
+    check("Comm.all_gather", comm.all_gather("x"))
+    check("Comm.fail", comm.fail("rank 0 failed"))
+
     assert check.done == set(check.entries), f"not checked: {sorted(set(check.entries) - check.done)}"
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "Batches",
     "Buffer",
     "CheckpointError",
+    "Comm",
     "ConfigError",
     "DlDriverError",
     "FormatError",
@@ -123,6 +124,7 @@ def run_benchmark(
     """Runs the workload with the plugins its config asks for and ``plugins``, as ``comm``'s rank (else as ``rank``
     of ``world_size`` alone): (summary JSON, report JSON, interrupted)."""
 
+@final
 class Comm:
     """The ranks of a launched job joined by a backend (``dl_driver.distributed`` builds it)."""
 
