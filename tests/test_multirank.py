@@ -274,3 +274,41 @@ def test_without_mpi4py_or_torch_one_process_runs_and_asking_for_them_names_the_
     )
     assert asked.returncode == 2 and f"pip install '{extra}'" in asked.stderr, asked.stderr[-2000:]
     assert "Traceback" not in asked.stderr
+
+
+def test_checkpoint_only_runs_its_writes_and_reads_on_every_rank(tmp_path: Path) -> None:
+    values = {
+        "workflow.generate_data": False, "workflow.train": False, "workflow.evaluation": False,
+        "workflow.checkpoint": True, "checkpoint.checkpoint_folder": tmp_path / "ckpt", "output.folder": tmp_path / "out",
+        "checkpoint.num_checkpoints_write": 2, "checkpoint.num_checkpoints_read": 2,
+        "checkpoint.time_between_checkpoints": 0, "model.model_size_bytes": 2 * 2**20,
+        "checkpoint.type": "all_ranks", "model.parallelism.zero_stage": 3,
+    }
+    done = launch("mpi", 2, DL_DRIVER, "run", "workload=default", *overrides(values))
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = dl_driver.checkpoint.list_checkpoints(str(tmp_path / "ckpt"))
+    assert len(listed) == 2 and all(c["complete"] for c in listed)
+    for c in listed:
+        manifest = read_json(tmp_path / "ckpt" / c["name"] / "manifest.json")
+        assert sorted(f["rank"] for f in manifest["files"]) == [0, 1]
+    report = read_json(tmp_path / "out" / "dl_driver_report.json")
+    assert [len(r["saves"]) for r in report["ranks"]] == [2, 2] and [len(r["loads"]) for r in report["ranks"]] == [2, 2]
+    metric = read_json(tmp_path / "out" / "summary.json")["metric"]
+    assert metric["checkpoint_size_GB"] == pytest.approx(2 / 1024)
+    assert metric["save_checkpoint_duration_mean_seconds"] > 0 and metric["load_checkpoint_duration_mean_seconds"] > 0
+
+
+def test_uneven_samples_across_ranks_never_deadlock_the_barriers(tmp_path: Path) -> None:
+    # 10 samples on 4 ranks: ceil(10 / 4) = 3 each, the last rank owns 1; every rank runs floor(10 / 1 / 4) = 2 steps
+    # (the last re-reads its sample), so the per-step barriers pair every time.
+    values = workload(tmp_path, "npz", **{
+        "dataset.num_files_train": 5, "dataset.num_samples_per_file": 2, "reader.batch_size": 1,
+    })
+    done = launch("mpi", 4, DL_DRIVER, "run", "workload=default", *overrides(values))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = read_json(tmp_path / "out" / "dl_driver_report.json")
+    assert [r["latency"]["barrier"]["count"] for r in report["ranks"]] == [4, 4, 4, 4]
+    assert [r["repeated_samples"] for r in report["ranks"]] == [[0, 0], [0, 0], [0, 0], [1, 1]]
+    if (os.cpu_count() or 1) < 4:
+        # More ranks than CPUs on the node: real-time step threads would starve the readers, so none runs real-time.
+        assert report["compute"]["step_thread_class"] == "normal"

@@ -189,7 +189,7 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("Buffer.__buffer__", memoryview(buffer))
 
     class Alone:  # a one-rank backend: what dl_driver.distributed's MPI and torch backends provide
-        rank, size, node = 0, 1, None
+        rank, size, node, local_size = 0, 1, None, None
 
         def ibarrier(self, channel: str) -> object:
             return type("Done", (), {"test": lambda self: True})()
@@ -198,7 +198,7 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
             return [value]
 
     comm = check("Comm.__new__", _core.Comm(Alone(), 5.0))
-    for field in ("rank", "size", "node"):
+    for field in ("rank", "size", "node", "local_size"):
         check(f"Comm.{field}", getattr(comm, field))
     check("Comm.barrier", comm.barrier())
     check("Comm.all_gather", comm.all_gather("x"))

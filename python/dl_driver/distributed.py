@@ -87,6 +87,7 @@ class _MpiBackend:
         shared = world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         # The node's id: its lowest world rank, the same on every rank of the node.
         self.node: int | None = shared.allreduce(self.rank, op=MPI.MIN)
+        self.local_size: int | None = shared.Get_size()
         shared.Free()
         self._sent: list[Any] = []
 
@@ -171,6 +172,8 @@ class _TorchBackend:
         local = os.environ.get("LOCAL_RANK", "")
         # torchrun numbers a node's ranks contiguously: its lowest rank is the node's id.
         self.node: int | None = self.rank - int(local) if local.isdigit() else None
+        local_size = os.environ.get("LOCAL_WORLD_SIZE", "")
+        self.local_size: int | None = int(local_size) if local_size.isdigit() else None
 
     def _close(self, owned: bool) -> None:
         if not self._dist.is_initialized():

@@ -671,7 +671,7 @@ impl Host {
 
 /// The host's online logical CPUs, as `psutil.cpu_count()` counts them: not this process's affinity (mpirun binds
 /// each rank to a core) nor a cgroup quota.
-fn logical_cpus() -> u64 {
+pub fn logical_cpus() -> u64 {
     // SAFETY: sysconf only reads a system value.
     #[allow(unsafe_code)]
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };

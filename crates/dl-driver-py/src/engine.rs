@@ -110,7 +110,8 @@ pub fn run_benchmark(
         let name = object.bind(py).get_type().name().map_or_else(|_| "plugin".to_string(), |n| n.to_string());
         python.push(Box::new(PyPlugin { object, name }));
     }
-    let result = runtime::run_cancellable(py, || cancel.cancel(), async move {
+    let realtime = joined.as_ref().is_none_or(|c| c.realtime());
+    let result = runtime::run_cancellable(py, realtime, || cancel.cancel(), async move {
         runner::run(&config, &plan, &options, comm.as_ref(), python).await
     });
     if let Some(c) = &joined {

@@ -66,7 +66,7 @@ where
 /// threads yield the CPUs to it ([`lower_runtime_thread_priority`]; the process's shared runtime, which framework
 /// pipelines use, keeps its priority). The first Ctrl-C calls `cancel` and keeps waiting for `future` to wind down
 /// (so it can save what it measured); a second Ctrl-C drops it. Returns the output and whether Ctrl-C was pressed.
-pub fn run_cancellable<T, F>(py: Python<'_>, cancel: impl Fn(), future: F) -> PyResult<(T, bool)>
+pub fn run_cancellable<T, F>(py: Python<'_>, realtime: bool, cancel: impl Fn(), future: F) -> PyResult<(T, bool)>
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -85,7 +85,9 @@ where
     std::thread::Builder::new()
         .name("dl-driver-steps".into())
         .spawn(move || {
-            raise_step_thread_priority();
+            if realtime {
+                raise_step_thread_priority();
+            }
             let output = runner.block_on(async move {
                 tokio::select! {
                     output = future => Some(output),
