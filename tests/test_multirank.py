@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -19,19 +18,12 @@ from typing import Any
 import pytest
 
 import dl_driver
-from tests_support import DL_DRIVER
+from tests_support import DL_DRIVER, mpirun
 
 BIN = Path(sys.executable).parent
 TORCHRUN = str(BIN / "torchrun")
 #: A guard against a hung job only (the property under test is that it does not hang); generous on a busy runner.
 HANG_GUARD = 300
-
-
-def mpirun(n: int) -> list[str]:
-    found = shutil.which("mpirun")
-    assert found, "mpirun is missing: the test command installs Open MPI (openmpi-bin)"
-    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    return [found, "-np", str(n), "--oversubscribe", *root]
 
 
 def torchrun(n: int) -> list[str]:

@@ -84,7 +84,7 @@ def test_summary_json_has_dlio_keys_and_types(tmp_path: Path) -> None:
     assert set(epoch) == {"load", "proc", "throughput", "au", "compute"}
     assert len(epoch["proc"]["block1"]) == 6 * 4 // 4, "steps per epoch = files * spf / batch"
     assert len(epoch["proc"]["eval"]) == 2 * 4, "eval batch size defaults to 1"
-    assert (tmp_path / "out" / "dlio_config" / "config.yaml").is_file()
+    assert (tmp_path / "out" / ".hydra" / "config.yaml").is_file()
     assert "[METRIC] Training Accelerator Utilization" in (tmp_path / "out" / "dlio.log").read_text()
 
 
@@ -224,7 +224,7 @@ def test_every_backend_reads_the_same_samples(backend: str, fmt: str, tmp_path: 
     assert [e["digest"] for e in report.epochs] == [e["digest"] for e in reference.epochs]
     assert [e["blocks"][0]["bytes_read"] for e in report.epochs] == [e["blocks"][0]["bytes_read"] for e in reference.epochs]
     assert report.summary["metric"]["train_throughput_mean_samples_per_second"] > 0
-    saved = (tmp_path / "out" / "dlio_config" / "config.yaml").read_text()
+    saved = (tmp_path / "out" / ".hydra" / "config.yaml").read_text()
     for key in ("secret_access_key", "account_key"):
         if key in options:
             assert f'{key}: "***"' in saved
@@ -279,7 +279,7 @@ def test_run_command_prints_dlio_lines(cli, tmp_path: Path) -> None:
     assert "[OUTPUT]" in result.stdout and "Starting epoch 1: 32 steps expected" in result.stdout
     assert "[METRIC] Training Throughput (samples/second):" in result.stdout
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
-    assert f"++workload.output.folder={out}" in (out / "dlio_config" / "overrides.yaml").read_text()
+    assert f"++workload.output.folder={out}" in (out / ".hydra" / "overrides.yaml").read_text()
 
 
 @pytest.mark.parametrize("how", ["cli", "python"])

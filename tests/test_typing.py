@@ -128,6 +128,9 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("builtin_workloads", _core.builtin_workloads())
     check("is_secret_key", _core.is_secret_key("secret_access_key"))
     check("json_to_yaml", _core.json_to_yaml('{"a": [1, 2]}'))
+    check("yaml_to_json", _core.yaml_to_json("a: [1, 2]\n", "x.yaml"))
+    with pytest.raises(dl_driver.ConfigError, match=r"x\.yaml"):
+        _core.yaml_to_json("a: [1, 2\n", "x.yaml")
 
     workload = {
         "framework": "pytorch",
@@ -150,6 +153,8 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("config_yaml", _core.config_yaml(config))
     check("redacted_config_json", _core.redacted_config_json(config))
 
+    check("save_run_config", _core.save_run_config(config, loaded.source_name, overrides, 0))
+    assert (tmp_path / "out" / ".hydra" / "hydra.yaml").is_file()
     check("generate", _core.generate(config, threads=1))
     check("run_benchmark", _core.run_benchmark(config, loaded.source_name, [], console=False, plugins=[object()]))
     listed = check("checkpoint_list", _core.checkpoint_list(str(tmp_path / "ckpt")))

@@ -17,6 +17,14 @@ DL_DRIVER = shutil.which("dl-driver") or str(Path(sys.executable).with_name("dl-
 SERVERS_SH = Path(__file__).resolve().parent.parent / "scripts" / "servers.sh"
 
 
+def mpirun(n: int) -> list[str]:
+    """Open MPI's launcher for n ranks on this host (as root: --allow-run-as-root; past the cores: --oversubscribe)."""
+    found = shutil.which("mpirun")
+    assert found, "mpirun is missing: the test command installs Open MPI (openmpi-bin)"
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    return [found, "-np", str(n), "--oversubscribe", *root]
+
+
 def start_servers(*names: str, env: dict[str, str] | None = None) -> list[str]:
     """Runs `servers.sh start [NAME...]`; returns the servers this call started (not those already running)."""
     out = subprocess.run([str(SERVERS_SH), "start", *names], check=True, capture_output=True, text=True, timeout=600, env=env)

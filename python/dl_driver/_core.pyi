@@ -36,6 +36,8 @@ __all__ = [
     "plan_json",
     "redacted_config_json",
     "run_benchmark",
+    "save_run_config",
+    "yaml_to_json",
 ]
 
 __version__: str
@@ -94,6 +96,9 @@ def redacted_config_json(config_json: str) -> str:
 def json_to_yaml(text: str) -> str:
     """Any JSON text rendered as YAML."""
 
+def yaml_to_json(text: str, source: str) -> str:
+    """YAML text as JSON text; ConfigError naming ``source`` with line and column on a syntax error."""
+
 def is_secret_key(key: str) -> bool:
     """Whether an option key names a credential."""
 
@@ -123,6 +128,9 @@ def run_benchmark(
 ) -> tuple[str, str, bool]:
     """Runs the workload with the plugins its config asks for and ``plugins``, as ``comm``'s rank (else as ``rank``
     of ``world_size`` alone): (summary JSON, report JSON, interrupted)."""
+
+def save_run_config(config_json: str, source_name: str, overrides: list[str], rank: int) -> None:
+    """Writes Hydra's config.yaml, hydra.yaml and overrides.yaml for the run (rank 0; others do nothing)."""
 
 @final
 class Comm:

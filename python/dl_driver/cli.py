@@ -8,15 +8,15 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from dl_driver import _core, checkpoint, distributed, launcher
+from dl_driver import _core, checkpoint, distributed, launcher, mlperf, search
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
-from dl_driver.runner import DlioRunner
+from dl_driver.runner import DlioRunner, measures
 
 #: Subcommands that later versions bring, with what they will do.
 PLANNED = {
-    "datasize": "computes MLPerf's minimum dataset size for a workload and host",
     "report": "aggregates run folders into MLPerf JSON/CSV reports",
 }
 
@@ -50,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rank", type=int, metavar="R", help="this process's rank, launched by hand (alone: no barriers)")
     _comm_argument(run)
     run.add_argument("--output", metavar="DIR", help="the run's output folder (default: output.folder)")
+    run.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache of the data before each epoch and of the checkpoints between writes and reads "
+        "(root: vm.drop_caches, else posix_fadvise; workflow.drop_caches)",
+    )
+    run.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N consecutive runs (MLPerf: a warm-up and 5), each in a timestamped folder under the output folder, "
+        "with seed train.seed + i; the data is generated once",
+    )
     run.set_defaults(handler=_run, skip_existing=False, threads=None)
     ckpt = commands.add_parser("checkpoint", help="list, verify or delete the checkpoints under a location")
     ckpt.add_argument("action", choices=["list", "verify", "delete"])
@@ -61,6 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a storage option (as in storage_options)"
     )
     ckpt.set_defaults(handler=_checkpoint)
+    size = commands.add_parser(
+        "datasize", help="MLPerf's minimum dataset for a workload and cluster (and a checkpoint's size per rank)"
+    )
+    _workload_arguments(size)
+    size.add_argument("--num-accelerators", type=int, metavar="N", help="simulated accelerators (training)")
+    size.add_argument("--host-memory-gb", type=float, metavar="M", help="memory of each client host, GiB (training)")
+    size.add_argument("--num-hosts", type=int, default=1, metavar="H", help="client hosts (default 1)")
+    size.add_argument("--num-processes", type=int, metavar="P", help="processes of a checkpointing run")
+    size.add_argument("--json", action="store_true", help="print JSON")
+    size.set_defaults(handler=_datasize)
+    check = commands.add_parser(
+        "check", help="MLPerf's rules on run folders: CLOSED, OPEN or INVALID with every reason, per run and submission"
+    )
+    check.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them")
+    check.add_argument(
+        "--accelerator-memory-gb",
+        type=float,
+        default=80.0,
+        metavar="GB",
+        help="memory of one accelerator, for the checkpointing rule (default 80: H100/A100 80GB)",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(handler=_check)
+    find = commands.add_parser(
+        "search-accelerators",
+        help="the most ranks (simulated accelerators) whose training keeps AU >= the threshold in every epoch",
+    )
+    _workload_arguments(find)
+    find.add_argument("--au", type=float, metavar="F", help="the AU threshold, a fraction (default: metric.au)")
+    find.add_argument("--max", type=int, default=64, metavar="N", help="the most ranks to try (default 64)")
+    find.add_argument("--launcher", choices=search.LAUNCHERS, help="mpi (mpirun) or torch (torchrun); default: found")
+    find.add_argument("--output", metavar="DIR", help="parent of the tries' run folders (default: output.folder)")
+    find.set_defaults(handler=_search)
+    dlio = commands.add_parser(
+        "dlio-bin",
+        help="print the folder holding dl-driver's drop-in 'dlio_benchmark' (for mlpstorage --dlio-bin-path)",
+    )
+    dlio.set_defaults(handler=_dlio_bin)
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"(not available yet) {what}")
         planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -174,16 +226,22 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     if args.output:
         cfg.output.folder = args.output
+    if args.drop_caches:
+        cfg.workflow.drop_caches = True
     runner = DlioRunner(
         cfg, rank=args.rank, world_size=args.world_size, console=True, progress=sys.stderr.isatty(), comm=args.comm
     )
     cfg.plan(runner.world_size, run=True)  # a run that cannot train fails before generation writes anything
     if cfg.workflow.generate_data:
         _print_generated(cfg, runner.generate(skip_existing=args.skip_existing, threads=args.threads))
-    if not (cfg.workflow.train or cfg.workflow.checkpoint):
+    if not measures(cfg):
         return 0
-    report = runner.run_benchmark(generate=False)
-    if report.interrupted:
+    if args.runs != 1:
+        reports = runner.run_series(args.runs, generate=False)
+        interrupted = bool(reports) and reports[-1].interrupted
+    else:
+        interrupted = runner.run_benchmark(generate=False).interrupted
+    if interrupted:
         print(f"dl-driver run: interrupted; what was measured is in {cfg.output.folder}", file=sys.stderr)
         return 130
     return 0
@@ -233,6 +291,162 @@ def _checkpoint(args: argparse.Namespace) -> int:
             print(f"{name}: FAILED: {e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _datasize(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    result: dict[str, object] = {}
+    if cfg.workflow.train or cfg.workflow.generate_data:
+        if args.num_accelerators is None or args.host_memory_gb is None:
+            raise DlDriverError("datasize of a training workload: give --num-accelerators N and --host-memory-gb M")
+        result["training"] = mlperf.training_datasize(
+            cfg, accelerators=args.num_accelerators, host_memory_gb=args.host_memory_gb, hosts=args.num_hosts
+        )
+    if cfg.workflow.checkpoint and (args.num_processes or not result):
+        processes = args.num_processes or args.num_accelerators
+        if processes is None:
+            raise DlDriverError("datasize of a checkpointing workload: give --num-processes P")
+        result["checkpointing"] = mlperf.checkpoint_datasize(cfg, processes=processes)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    training = result.get("training")
+    if isinstance(training, dict):
+        t = training
+        print(f"{t['model']}: {t['accelerators']} accelerators, {t['hosts']} host(s) of {t['host_memory_gb']:g} GiB")
+        print(
+            f"  samples needed: {t['samples_by_memory']} for 5x the memory, {t['samples_by_steps']} for 500 steps "
+            f"of every accelerator (dictated by {t['dictated_by']})"
+        )
+        print(
+            f"  num_files_train: {t['num_files_train']}"
+            + (
+                f", num_subfolders_train: {t['num_subfolders_train']} (above 10,000 files)"
+                if t["num_subfolders_train"]
+                else ""
+            )
+        )
+        print(f"  dataset: {t['dataset_bytes']} bytes ({t['dataset_bytes'] / 2**30:.2f} GiB)")
+        print(f"  overrides: {' '.join(t['overrides'])}")
+    checkpointing = result.get("checkpointing")
+    if isinstance(checkpointing, dict):
+        c = checkpointing
+        print(f"{c['model']}: {c['processes']} processes, {c['ranks_writing']} writing")
+        print(
+            f"  checkpoint: {c['checkpoint_bytes']} bytes ({c['checkpoint_bytes'] / 2**30:.2f} GiB); largest rank "
+            f"{c['largest_rank_bytes'] / 2**30:.2f} GiB, mean {c['mean_rank_bytes'] / 2**30:.2f} GiB"
+        )
+        print(f"  {c['writes']} writes: {c['written_bytes'] / 2**30:.2f} GiB on the checkpoint folder")
+    return 0
+
+
+def _run_folders(paths: list[str]) -> list[str]:
+    """The run folders (holding summary.json) at or under each path, each path's in name order."""
+    found: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise DlDriverError(f"{path}: not a folder")
+        if os.path.isfile(os.path.join(path, "summary.json")):
+            found.append(path)
+            continue
+        below = sorted(root for root, _, files in os.walk(path) if "summary.json" in files)
+        if not below:
+            raise DlDriverError(f"{path}: no run folder (one holding summary.json) at or under it")
+        found.extend(below)
+    return found
+
+
+def _check(args: argparse.Namespace) -> int:
+    runs, unreadable = [], []
+    for path in _run_folders(args.runs):
+        try:
+            runs.append(mlperf.read_run(path))
+        except DlDriverError as e:
+            unreadable.append(
+                {
+                    "subject": path,
+                    "verdict": mlperf.INVALID,
+                    "reasons": [{"division": mlperf.INVALID, "reason": str(e)}],
+                }
+            )
+    per_run, submissions = mlperf.check_submission(runs, accelerator_memory_gb=args.accelerator_memory_gb)
+    verdicts = [v.to_dict() for v in per_run] + unreadable
+    document = {"runs": verdicts, "submissions": [v.to_dict() for v in submissions]}
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        for title, items in (("runs", verdicts), ("submissions", document["submissions"])):
+            print(f"{title}:")
+            for v in items:
+                print(f"  {v['subject']}: {v['verdict']}")
+                for r in v["reasons"]:
+                    print(f"    - {r['division']}: {r['reason']}")
+    every = verdicts + document["submissions"]
+    return 1 if any(v["verdict"] == mlperf.INVALID for v in every) else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    if not cfg.workflow.train:
+        raise DlDriverError("search-accelerators: the workload does not train (workflow.train is False)")
+    threshold = float(args.au if args.au is not None else cfg.metric.au)
+    kind = args.launcher or search.default_launcher()
+    parent = Path(args.output or cfg.output.folder)
+    given = [
+        *args.args,
+        *(["--config", args.config] if args.config else []),
+        *(["--config-dir", args.config_dir] if args.config_dir else []),
+    ]
+    if cfg.workflow.generate_data:
+        _print_generated(cfg, DlioRunner(cfg, comm="none").generate())
+    print(f"searching with {kind}: AU >= {100 * threshold:g}% in every epoch, up to {args.max} ranks")
+
+    def attempt(ranks: int) -> search.Try:
+        t = search.run_try(kind, ranks, given, parent / f"{ranks}_ranks", threshold)
+        au = ", ".join(f"{a:.1f}" for a in t.au) or t.error
+        print(f"  {ranks:>5} ranks: {'pass' if t.passed else 'FAIL'}  AU % per epoch: {au}  ({t.folder})", flush=True)
+        return t
+
+    answer, tries = search.search(threshold, args.max, attempt)
+    parent.mkdir(parents=True, exist_ok=True)
+    (parent / "search.json").write_text(
+        json.dumps(
+            {
+                "threshold": threshold,
+                "launcher": kind,
+                "max": args.max,
+                "answer": answer,
+                "tries": [t.__dict__ for t in tries],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    if answer == 0:
+        print(f"answer: none: 1 rank already keeps AU under {100 * threshold:g}%")
+        return 1
+    print(f"answer: {answer} simulated accelerator(s) keep AU >= {100 * threshold:g}% in every epoch")
+    return 0
+
+
+def dlio_bin_folder() -> str:
+    """The folder, inside the installed package, whose executable ``dlio_benchmark`` runs ``dl-driver run`` with
+    DLIO's arguments: what ``mlpstorage --dlio-bin-path`` wants. Nothing of that name is put on PATH."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dlio_bin")
+    shim = os.path.join(folder, "dlio_benchmark")
+    if not os.path.isfile(shim):
+        raise DlDriverError(f"{shim}: missing from the installed package; reinstall dl-driver")
+    if not os.access(shim, os.X_OK):  # an installer that dropped the file's mode
+        try:
+            os.chmod(shim, os.stat(shim).st_mode | 0o111)
+        except OSError as e:
+            raise DlDriverError(f"{shim} is not executable and cannot be made so ({e}); run: chmod +x {shim}") from e
+    return folder
+
+
+def _dlio_bin(args: argparse.Namespace) -> int:
+    print(dlio_bin_folder())
+    return 0
 
 
 def _not_available(args: argparse.Namespace) -> int:

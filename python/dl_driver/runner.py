@@ -4,16 +4,27 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import signal
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dl_driver import _core, distributed, launcher
 from dl_driver.config import Config, load_dlio_config
 from dl_driver.generation import generate
+
+
+def measures(cfg: Config) -> bool:
+    """Whether a run has something to measure after generation: training, or a checkpoint-only workflow. A
+    generation run (``generate_data`` on, ``train`` off: mlpstorage's datagen) whose checkpoint counts are not given
+    only generates, as DLIO's does, even when the workload's ``workflow.checkpoint`` is on."""
+    w, k = cfg.workflow, cfg.checkpoint
+    counted = int(k.num_checkpoints_write) > 0 or int(k.num_checkpoints_read) > 0
+    return bool(w.train or (w.checkpoint and (counted or not w.generate_data)))
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class DlioRunner:
         """Writes this rank's share of the dataset (rank r writes files r, r + P, ...); with a communicator, returns
         once every rank's share is written (DLIO's barrier after generation)."""
         with self._telling_the_others():
+            cfg = self.config
+            _core.save_run_config(cfg.to_json(redact=False), cfg.source_name, list(cfg.overrides), self.rank)
             written = generate(
                 self.config,
                 rank=self.rank,
@@ -122,7 +135,7 @@ class DlioRunner:
         cfg.plan(self.world_size, run=True)  # a run that cannot train fails before generation writes anything
         if cfg.workflow.generate_data if generate is None else generate:
             self.generate()
-        if not (cfg.workflow.train or cfg.workflow.checkpoint):
+        if not measures(cfg):
             return Report(summary={}, details={}, output_folder=cfg.output.folder)
         with self._telling_the_others(), self._sigterm_interrupts():
             summary, details, interrupted = _core.run_benchmark(
@@ -137,6 +150,50 @@ class DlioRunner:
                 self.comm,
             )
         return Report(json.loads(summary), json.loads(details), interrupted, cfg.output.folder)
+
+    def run_series(self, runs: int, *, generate: bool | None = None) -> list[Report]:
+        """MLPerf's runs of one submission: ``runs`` consecutive runs (the first a warm-up), each in its own folder
+        under ``output.folder`` named by its start as mlpstorage names run folders (``YYYYmmdd_HHMMSS``), run ``i``
+        (from 0) with seed ``train.seed + i``; the data is generated once, before the first (by default when
+        ``workflow.generate_data``; ``generate=False`` when ``generate()`` has written it).
+        ``runs.json`` in the parent lists the folders, seeds and which is the warm-up. A run stopped by Ctrl-C ends
+        the series."""
+        if runs < 1:
+            raise _core.ConfigError(f"--runs {runs}: expected 1 or more runs")
+        base = self.config
+        parent = Path(base.output.folder)
+        base.plan(self.world_size, run=True)
+        if base.workflow.generate_data if generate is None else generate:
+            self.generate()
+        done: list[Report] = []
+        listed: list[dict[str, Any]] = []
+        try:
+            for i in range(runs):
+                seed = int(base.train.seed) + i
+                stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+                name, n = stamp, 0
+                while (parent / name).exists():  # a run shorter than a second
+                    n += 1
+                    name = f"{stamp}_{n}"
+                if self.comm is not None:
+                    name = self.comm.all_gather(name)[0]  # rank 0's clock names the folder for every rank
+                # Each run is a Hydra run of its own: its folder is its run dir.
+                given = [o for o in base.overrides if not o.lstrip("+~").startswith("hydra.run.dir=")]
+                record = [*given, f"++hydra.run.dir={parent / name}", f"++workload.train.seed={seed}"]
+                cfg = Config._from_json(base.to_json(redact=False), base.source_name, list(base.warnings), record)
+                cfg.set("train.seed", seed)
+                cfg.set("output.folder", str(parent / name))
+                self.config = cfg
+                report = self.run_benchmark(generate=False)
+                done.append(report)
+                listed.append({"folder": name, "seed": seed, "warmup": i == 0, "interrupted": report.interrupted})
+                if self.rank == 0:
+                    (parent / "runs.json").write_text(json.dumps({"runs": listed}, indent=2) + "\n")
+                if report.interrupted:
+                    break
+        finally:
+            self.config = base
+        return done
 
     @contextlib.contextmanager
     def _telling_the_others(self) -> Iterator[None]:

@@ -34,6 +34,10 @@ pub trait Communicator: Send + Sync {
     fn node(&self) -> Option<u64> {
         None
     }
+    /// How many ranks run on this rank's node, when the communicator knows.
+    fn local_size(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One rank that waits for nobody: its gathers hold only its own value.

@@ -45,6 +45,9 @@ pub struct ReaderSpec {
     pub whole_files: bool,
     /// Copy each batch's sample bytes into the batch (for consumers of the data).
     pub with_data: bool,
+    /// `reader.preprocess_time` (its mean): each reader sleeps this long per sample after reading it, as DLIO's
+    /// readers do.
+    pub preprocess: Duration,
 }
 
 /// Time spent per sample in each stage.
@@ -222,11 +225,15 @@ impl Readers {
         ids: Vec<SampleId>,
         cache: Arc<FileCache>,
     ) -> Result<Vec<SampleOut>, PipelineError> {
+        let preprocess = self.spec.preprocess * u32::try_from(ids.len()).unwrap_or(u32::MAX);
         let local = if self.spec.whole_files { None } else { self.spec.store.local() };
         let Some(local) = local else {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 out.push(Arc::clone(&self).read_sample(id, Arc::clone(&cache)).await?);
+            }
+            if !preprocess.is_zero() {
+                tokio::time::sleep(preprocess).await;
             }
             return Ok(out);
         };
@@ -239,7 +246,7 @@ impl Readers {
             planned.push((id, key, ranges));
         }
         let this = Arc::clone(&self);
-        tokio::task::spawn_blocking(move || {
+        let out = tokio::task::spawn_blocking(move || {
             planned
                 .into_iter()
                 .map(|(id, key, ranges)| {
@@ -251,10 +258,14 @@ impl Readers {
                     }
                     Ok(read.finish(&this))
                 })
-                .collect()
+                .collect::<Result<Vec<_>, PipelineError>>()
         })
         .await
-        .map_err(|e| PipelineError::Dataset(format!("a read task failed: {e}")))?
+        .map_err(|e| PipelineError::Dataset(format!("a read task failed: {e}")))??;
+        if !preprocess.is_zero() {
+            tokio::time::sleep(preprocess).await;
+        }
+        Ok(out)
     }
 }
 

@@ -55,6 +55,17 @@ pub struct RankRecord {
     pub interrupted: bool,
     /// The scheduling class of the thread that ran the step loop ([`crate::runner::thread_class`]).
     pub step_thread_class: &'static str,
+    /// `workflow.drop_caches`: the cache drops before the epochs, timed outside the steps.
+    pub drop_caches: Option<DropCachesRecord>,
+}
+
+/// The page-cache drops of a run (`workflow.drop_caches`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DropCachesRecord {
+    /// `vm.drop_caches`, `posix_fadvise` or none (an object store).
+    pub how: &'static str,
+    pub times: u64,
+    pub seconds: f64,
 }
 
 /// A checkpoint saved or loaded by this rank, reported to the runner for the metrics and run files.

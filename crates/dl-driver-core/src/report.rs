@@ -1,6 +1,6 @@
 //! DLIO's run files in `output.folder` (dlio.md §7): `summary.json` (rank 0) with DLIO's field names and types,
 //! `{rank}_per_epoch_stats.json`, `{rank}_output.json`, the log file (`dlio.log`) with DLIO's console lines,
-//! `dlio_config/config.yaml` + `overrides.yaml`, and dl-driver's own `dl_driver_report.json` (rank 0) with every
+//! Hydra's `.hydra/` (or `++hydra.output_subdir`) `config.yaml`, `hydra.yaml` and `overrides.yaml`, and dl-driver's own `dl_driver_report.json` (rank 0) with every
 //! rank's access-order digests and per-stage latency percentiles.
 //!
 //! Differences from DLIO 2.0.0, on purpose: a value DLIO would write as the bare token NaN (a mean over no epochs)
@@ -61,6 +61,14 @@ impl Console {
         self.raw(&format!("[OUTPUT] {} {message}", timestamp(&Local::now())));
     }
 
+    /// `[WARNING] {ts} message` on stderr (rank 0) and in the log file.
+    pub fn warn(&self, message: &str) {
+        let Some(log) = &self.log else { return };
+        let text = format!("[WARNING] {} {message}", timestamp(&Local::now()));
+        eprintln!("{text}");
+        let _ = writeln!(log.lock().expect("log lock"), "{text}");
+    }
+
     /// Lines as given.
     pub fn raw(&self, text: &str) {
         let Some(log) = &self.log else { return };
@@ -72,28 +80,66 @@ impl Console {
     }
 }
 
-/// Writes the config (redacted) and the overrides to `dlio_config/`, as DLIO's Hydra run dir keeps them.
-pub fn save_config(config: &Config, overrides: &[String], rank: u64) -> Result<(), ReportError> {
+/// Writes Hydra's record of the run as DLIO's Hydra writes it, in `<hydra.run.dir>/<hydra.output_subdir>` (the run
+/// dir defaults to `output.folder`, the subdir to `.hydra`; `++hydra.output_subdir=null` writes nothing):
+/// `config.yaml` (the composed config, `workload:` then the resolved workload, secrets redacted), `hydra.yaml`
+/// (Hydra's settings: run dir, output subdir, the overrides split into Hydra's and the task's, the workload choice)
+/// and `overrides.yaml` (the task's overrides: `workload=NAME`, then `++workload.*` as given). `source_name` is the
+/// workload's source, as [`crate::config::Loaded`] names it.
+pub fn save_config(config: &Config, overrides: &[String], source_name: &str, rank: u64) -> Result<(), ReportError> {
     if rank != 0 {
         return Ok(());
     }
-    let folder = Path::new(&config.output.folder).join("dlio_config");
+    let mut run_dir = None;
+    let mut subdir = Some(".hydra".to_string());
+    let (mut task, mut hydra) = (Vec::new(), Vec::new());
+    if let Some(name) = crate::config::workload_choice(source_name) {
+        task.push(format!("workload={name}"));
+    }
+    for text in overrides {
+        let parsed = crate::config::Override::parse(text);
+        let shown = parsed.as_ref().map_or_else(|_| text.clone(), crate::config::Override::redacted_text);
+        match parsed.as_ref().map(|o| (&o.target, &o.value)) {
+            Ok((crate::config::Target::Hydra(path), value)) => {
+                match (path.join(".").as_str(), value) {
+                    ("run.dir", serde_yaml::Value::String(dir)) => run_dir = Some(dir.clone()),
+                    ("output_subdir", serde_yaml::Value::Null) => subdir = None,
+                    ("output_subdir", serde_yaml::Value::String(dir)) => subdir = Some(dir.clone()),
+                    _ => {}
+                }
+                hydra.push(shown);
+            }
+            _ => task.push(shown),
+        }
+    }
+    let Some(subdir) = subdir else { return Ok(()) };
+    let run_dir = run_dir.unwrap_or_else(|| config.output.folder.clone());
+    let folder = Path::new(&run_dir).join(&subdir);
     fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
-    let overrides = overrides.iter().fold(String::new(), |mut text, o| {
-        let shown = crate::config::Override::parse(o).map_or_else(|_| o.clone(), |parsed| parsed.redacted_text());
-        let _ = writeln!(text, "- {}", yaml_scalar(&shown));
-        text
-    });
-    let overrides = if overrides.is_empty() { "[]\n".to_string() } else { overrides };
-    for (name, text) in [("config.yaml", config.to_yaml(true)), ("overrides.yaml", overrides)] {
+    let mut composed = serde_yaml::Mapping::new();
+    composed.insert("workload".into(), config.to_redacted_value());
+    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let settings = json!({"hydra": {
+        "run": {"dir": run_dir},
+        "output_subdir": subdir,
+        "help": {"app_name": "dlio_benchmark"},
+        "overrides": {"hydra": hydra, "task": task},
+        "job": {"name": "dlio_benchmark", "config_name": "config"},
+        "runtime": {"cwd": cwd, "output_dir": run_dir, "choices": {"workload": crate::config::workload_choice(source_name)}},
+        "mode": "RUN",
+    }});
+    let settings = serde_yaml::to_value(settings).expect("JSON values are YAML values");
+    let task = serde_yaml::Value::Sequence(task.into_iter().map(Into::into).collect());
+    let files = [
+        ("config.yaml", crate::config::emit_yaml(&composed.into())),
+        ("hydra.yaml", crate::config::emit_yaml(&settings)),
+        ("overrides.yaml", crate::config::emit_yaml(&task)),
+    ];
+    for (name, text) in files {
         let path = folder.join(name);
         fs::write(&path, text).map_err(|e| output_error(&path, &e))?;
     }
     Ok(())
-}
-
-fn yaml_scalar(text: &str) -> String {
-    serde_json::to_string(text).expect("strings serialize")
 }
 
 /// The report of a run: DLIO's summary plus dl-driver's details.
@@ -204,7 +250,7 @@ pub fn finish(
     };
     write(format!("{}_per_epoch_stats.json", record.rank), &per_epoch_stats(record))?;
     let nodes = Nodes::of(&ranks, config, comm.size());
-    write(format!("{}_output.json", record.rank), &rank_output(record, &host, &nodes))?;
+    write(format!("{}_output.json", record.rank), &rank_output(config, record, &host, &nodes))?;
     let summary = summary(config, plan, comm, record, &ranks, &host, &nodes);
     let interrupted = ranks.iter().any(|r| r.interrupted);
     let mut job_latency = StageLatencies::default();
@@ -226,6 +272,15 @@ pub fn finish(
         "latency_all_ranks": job_latency.summaries(),
         "checkpoint_rule": checkpoint_rule(&ranks),
         "compute": compute_details(config, &share.latency, record.step_thread_class),
+        "page_cache": {
+            "read_through_page_cache": page_cached(config),
+            "data_per_host_GiB": nodes.data_per_host_gib,
+            "host_memory_GiB": nodes.hosts.iter().map(|h| h.1).collect::<Vec<_>>(),
+            "host_memory_override": memory_override().is_some(),
+            "multiple_needed": PAGE_CACHE_MULTIPLE,
+            "potential_caching": nodes.hosts.iter().any(|h| potential_caching(config, nodes.data_per_host_gib, h.1)),
+            "drop_caches": record.drop_caches,
+        },
     });
     if record.rank == 0 {
         write("summary.json".into(), &summary)?;
@@ -317,13 +372,16 @@ fn per_epoch_stats(record: &RankRecord) -> Value {
     Value::Object(out)
 }
 
-fn rank_output(record: &RankRecord, host: &Host, nodes: &Nodes) -> Value {
+fn rank_output(config: &Config, record: &RankRecord, host: &Host, nodes: &Nodes) -> Value {
     let mut out = Map::new();
     out.insert("host_memory_GB".into(), json!(host.memory_gib));
     out.insert("host_cpu_count".into(), json!(host.cpus));
     out.insert("host_processor_name".into(), json!(host.processor));
-    // DLIO compares the per-host data size (every rank on the node) with this host's memory.
-    out.insert("potential_caching".into(), json!(u8::from(nodes.data_per_host_gib <= host.memory_gib)));
+    // The per-host data size (every rank on the node) against this host's memory.
+    out.insert(
+        "potential_caching".into(),
+        json!(u8::from(potential_caching(config, nodes.data_per_host_gib, host.memory_gib))),
+    );
     out.insert("host_cpuinfo".into(), json!(host.cpuinfo));
     out.insert("host_meminfo".into(), json!(host.meminfo));
     for e in &record.epochs {
@@ -535,7 +593,7 @@ fn summary(
     s.insert("host_processor_name".into(), json!(host.processor));
     s.insert(
         "potential_caching".into(),
-        json!(hosts.iter().map(|h| u8::from(h.1 > data_per_host)).collect::<Vec<_>>()),
+        json!(hosts.iter().map(|h| u8::from(potential_caching(config, data_per_host, h.1))).collect::<Vec<_>>()),
     );
     s.insert("host_cpuinfo".into(), json!(host.cpuinfo));
     s.insert("host_meminfo".into(), json!(host.meminfo));
@@ -662,11 +720,53 @@ impl Host {
             hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
             processor: std::env::consts::ARCH.to_string(),
             cpus: logical_cpus(),
-            memory_gib: total_kib / f64::from(1u32 << 20),
+            memory_gib: memory_override().unwrap_or(total_kib / f64::from(1u32 << 20)),
             cpuinfo: lines_to_dict(&read("/proc/cpuinfo")),
             meminfo,
         }
     }
+}
+
+/// `DL_DRIVER_HOST_MEMORY_GB`: the host memory (GiB) to report and to compare the data with, instead of
+/// `/proc/meminfo`'s (for tests, and to plan for a host with other memory); `dl_driver_report.json` says it was set.
+pub fn memory_override() -> Option<f64> {
+    std::env::var("DL_DRIVER_HOST_MEMORY_GB").ok()?.trim().parse::<f64>().ok().filter(|m| *m > 0.0)
+}
+
+/// This host's memory in GiB (`/proc/meminfo`'s MemTotal, or [`memory_override`]).
+pub fn host_memory_gib() -> f64 {
+    Host::probe().memory_gib
+}
+
+/// The data must be this many times the host's memory for the page cache not to hold a large share of it (MLPerf
+/// Storage's dataset rule).
+pub const PAGE_CACHE_MULTIPLE: f64 = 5.0;
+
+/// Whether a host's page cache may serve much of what its ranks read: the data is read through the page cache
+/// (`file://` without O_DIRECT; object stores and `direct://` are not cached by the client) and the data its ranks
+/// read is under [`PAGE_CACHE_MULTIPLE`] x its memory. It sets DLIO's `potential_caching`.
+pub fn potential_caching(config: &Config, data_per_host_gib: f64, memory_gib: f64) -> bool {
+    page_cached(config) && data_per_host_gib < PAGE_CACHE_MULTIPLE * memory_gib
+}
+
+fn page_cached(config: &Config) -> bool {
+    let scheme = config.data_location().map(|l| l.scheme);
+    matches!(scheme, Ok(crate::storage::Scheme::File)) && !config.reader.odirect
+}
+
+/// The warning printed before training when [`potential_caching`] holds (`ranks_on_host` of the job's ranks run
+/// here), or None.
+pub fn page_cache_warning(config: &Config, world: u64, ranks_on_host: u64) -> Option<String> {
+    let data = data_size_per_host_gib(config, world, ranks_on_host);
+    let memory = host_memory_gib();
+    potential_caching(config, data, memory).then(|| {
+        format!(
+            "the data this host's {ranks_on_host} rank(s) read, {data:.2} GiB, is under {PAGE_CACHE_MULTIPLE}x its \
+             memory ({memory:.2} GiB): the results measure the page cache, not the storage (potential_caching is \
+             set). For a storage result use at least {:.0} GiB per host (dl-driver datasize) or --drop-caches",
+            PAGE_CACHE_MULTIPLE * memory
+        )
+    })
 }
 
 /// The host's online logical CPUs, as `psutil.cpu_count()` counts them: not this process's affinity (mpirun binds

@@ -17,7 +17,7 @@ use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
 use crate::pipeline::{Pipeline, PipelineError, ReaderSpec, Readers};
 use crate::plan::Plan;
 use crate::plugins::{self, Hook, HookError, Plugin, PluginError, StepPoint};
-pub use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
+pub use crate::records::{BlockRecord, CheckpointRecord, DropCachesRecord, EpochRecord, RankRecord};
 use crate::report::{self, Console};
 use crate::sampler::{Rng, Sampler, ShufflePolicy, PURPOSE_COMPUTE};
 use crate::storage::{self, StorageError, StorageOptions, Store};
@@ -71,8 +71,10 @@ pub struct RunOptions {
     /// Print DLIO's console lines to stdout (they always go to the log file).
     pub console: bool,
     pub cancel: Cancel,
-    /// The user's overrides, saved (redacted) in `dlio_config/overrides.yaml` beside the resolved config.
+    /// The user's overrides, saved (redacted) in Hydra's `overrides.yaml` beside the resolved config.
     pub overrides: Vec<String>,
+    /// Where the workload came from ([`crate::config::Loaded::source_name`]): Hydra's workload choice.
+    pub source_name: String,
 }
 
 /// Runs the training (and evaluation) of `config` as `comm`'s rank, or its checkpoint-only workflow, calling the
@@ -93,7 +95,7 @@ pub async fn run(
     let console = Console::open(config, comm.rank(), options.console)?;
     let what = if training { "Training" } else { "Checkpointing" };
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
-    report::save_config(config, &options.overrides, comm.rank())?;
+    report::save_config(config, &options.overrides, &options.source_name, comm.rank())?;
     plugins::call(plugins, Hook::Initialize(plan), comm).await?;
     // DLIO's barrier at the end of its initialization: every rank has listed the dataset before any trains.
     if let Err(e) = comm.barrier() {
@@ -102,6 +104,12 @@ pub async fn run(
         }
     }
     let step_thread_class = thread_class();
+    if training {
+        let local = comm.local_size().unwrap_or(1).min(comm.size());
+        if let Some(warning) = report::page_cache_warning(config, comm.size(), local) {
+            console.warn(&warning);
+        }
+    }
     let mut run = Loop::new(config, plan, options, comm, console);
     let mut result = match &train {
         Some(train) => {
@@ -137,6 +145,7 @@ pub async fn run(
         latency: run.latency,
         interrupted: options.cancel.is_cancelled(),
         step_thread_class,
+        drop_caches: run.drops,
     };
     Ok(report::finish(config, plan, comm, &run.console, &record)?)
 }
@@ -146,7 +155,7 @@ fn open_store(config: &Config) -> Result<Store, RunError> {
     if config.reader.odirect && location.scheme == storage::Scheme::File {
         location.scheme = storage::Scheme::Direct;
     }
-    let options = StorageOptions::from_yaml(&config.storage.storage_options)
+    let options = StorageOptions::from_yaml(&config.storage.options())
         .map_err(|e| RunError::Dataset(format!("storage.storage_options: {e}")))?;
     Ok(storage::open_shared(&location.to_string(), &options)?)
 }
@@ -165,10 +174,19 @@ pub async fn readers(config: &Config, plan: &Plan, split: Split, with_data: bool
         Split::Train => (d.num_files_train, d.num_subfolders_train),
         Split::Valid => (d.num_files_eval, d.num_subfolders_eval),
     };
+    let computed = || {
+        let ext = layout::extension(config);
+        (0..wanted).map(|i| layout::file_key(split, &d.file_prefix, i, wanted, subfolders, &ext)).collect::<Vec<_>>()
+    };
     let files = if d.format == Format::Synthetic {
         // DLIO's synthetic reader never opens a file.
-        let ext = layout::extension(config);
-        (0..wanted).map(|i| layout::file_key(split, &d.file_prefix, i, wanted, subfolders, &ext)).collect()
+        computed()
+    } else if d.skip_listing {
+        // The names DLIO's layout gives, in the order a listing gives them, so the access order is the same.
+        let mut files = computed();
+        sort_listed(&mut files);
+        check_computed(store, &files, d.listing_validation_interval, split).await?;
+        files
     } else {
         let ext = format!(".{}", layout::extension(config));
         let mut found: Vec<String> = store
@@ -178,7 +196,7 @@ pub async fn readers(config: &Config, plan: &Plan, split: Split, with_data: bool
             .map(|o| o.key)
             .filter(|k| k.ends_with(&ext) && !k.starts_with("index/"))
             .collect();
-        found.sort_by(|a, b| (a.rsplit('/').next(), a).cmp(&(b.rsplit('/').next(), b)));
+        sort_listed(&mut found);
         if (found.len() as u64) < wanted {
             return Err(RunError::Dataset(format!(
                 "{}: found {} '*{ext}' files, dataset.num_files_{} asks for {wanted}; generate the dataset first \
@@ -203,8 +221,35 @@ pub async fn readers(config: &Config, plan: &Plan, split: Split, with_data: bool
         transfer: r.transfer_size.and_then(|t| usize::try_from(t).ok()),
         whole_files: r.read_type == ReadType::Memory,
         with_data,
+        preprocess: Duration::from_secs_f64(r.preprocess_time.mean().max(0.0)),
     };
     Ok(Readers::new(spec))
+}
+
+/// A split's files in DLIO's order: by file name, then by path.
+fn sort_listed(files: &mut [String]) {
+    files.sort_by(|a, b| (a.rsplit('/').next(), a).cmp(&(b.rsplit('/').next(), b)));
+}
+
+/// `dataset.listing_validation_interval`: with `skip_listing`, every `interval`-th computed file and the last must
+/// exist before training starts (0 checks none).
+async fn check_computed(store: &Store, files: &[String], interval: u64, split: Split) -> Result<(), RunError> {
+    let Ok(step) = usize::try_from(interval) else { return Ok(()) };
+    if step == 0 || files.is_empty() {
+        return Ok(());
+    }
+    let last = files.len() - 1;
+    for key in files.iter().step_by(step).chain(std::iter::once(&files[last])) {
+        if !store.exists(key).await? {
+            return Err(RunError::Dataset(format!(
+                "{}: missing (dataset.skip_listing computes the {} files' names; \
+                 dataset.listing_validation_interval {interval} checks every {interval}th): generate the dataset first",
+                store.uri().join(key),
+                if split == Split::Train { "train" } else { "eval" },
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Draws a non-negative duration in seconds from `dist` (the absolute value of the draw, as DLIO sleeps).
@@ -259,6 +304,8 @@ struct Loop<'a> {
     epochs: Vec<EpochRecord>,
     latency: StageLatencies,
     progress: Arc<Progress>,
+    /// `workflow.drop_caches`: the drops so far.
+    drops: Option<DropCachesRecord>,
 }
 
 /// Counters the progress line reads.
@@ -381,7 +428,23 @@ impl<'a> Loop<'a> {
             epochs: Vec::new(),
             latency: StageLatencies::default(),
             progress: Arc::default(),
+            drops: None,
         }
+    }
+
+    /// `workflow.drop_caches`: drops the page cache of the split's files, outside the measured steps, then waits
+    /// for every rank (no rank reads while another drops).
+    fn drop_caches(&mut self, readers: &Readers) -> Result<(), RunError> {
+        let start = Instant::now();
+        let (store, files) = (readers.spec().store.clone(), readers.spec().files.clone());
+        let how = tokio::task::block_in_place(|| store.drop_page_cache(&files))?;
+        self.comm.barrier()?;
+        let seconds = start.elapsed().as_secs_f64();
+        self.console.out(&format!("Dropped the page cache ({how}) in {seconds:.3} s"));
+        let drops = self.drops.get_or_insert(DropCachesRecord { how, times: 0, seconds: 0.0 });
+        drops.times += 1;
+        drops.seconds += seconds;
+        Ok(())
     }
 
     fn sampler(&self, split: Split) -> Sampler {
@@ -436,6 +499,9 @@ impl<'a> Loop<'a> {
                 return Ok(());
             }
             plugins::call(plugins, Hook::BeforeEpoch(epoch), self.comm).await?;
+            if self.config.workflow.drop_caches {
+                self.drop_caches(train)?;
+            }
             let epoch_start = (Local::now(), Instant::now());
             self.console.out(&format!("Starting epoch {epoch}: {steps} steps expected"));
             self.progress.steps.store(0, Ordering::Relaxed);

@@ -129,6 +129,9 @@ impl Communicator for PyComm {
             .map_err(|e| Python::attach(|py| CommError::failed("all_gather", message(py, &e))))
     }
 
+    fn local_size(&self) -> Option<u64> {
+        self.local_size
+    }
     fn node(&self) -> Option<u64> {
         self.node
     }

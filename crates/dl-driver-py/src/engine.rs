@@ -72,6 +72,15 @@ impl Plugin for PyPlugin {
     }
 }
 
+/// Writes Hydra's record of the run (`config.yaml`, `hydra.yaml`, `overrides.yaml`) as DLIO's Hydra does at every
+/// start, rank 0 only; [`run_benchmark`] writes it too, so a generation-only run has it as well.
+#[pyfunction]
+pub fn save_run_config(config_json: &str, source_name: &str, overrides: Vec<String>, rank: u64) -> Result<()> {
+    let config = parse_config(config_json)?;
+    dl_driver_core::report::save_config(&config, &overrides, source_name, rank).map_err(RunError::from)?;
+    Ok(())
+}
+
 /// Runs the workload's training and evaluation, or its checkpoint-only workflow, with the plugins its config asks
 /// for and `plugins` (Python objects), as `comm`'s rank (else as `rank` of `world_size` alone); returns (summary JSON,
 /// report JSON, interrupted).
@@ -97,7 +106,8 @@ pub fn run_benchmark(
     let plan = plan::plan(&config, source_name, world_size)?;
     plan.check_steps(source_name)?;
     let cancel = Cancel::default();
-    let options = RunOptions { progress, console, cancel: cancel.clone(), overrides };
+    let options =
+        RunOptions { progress, console, cancel: cancel.clone(), overrides, source_name: source_name.to_string() };
     let comm: Arc<dyn Communicator> = match &joined {
         Some(c) => {
             c.watch(Some(cancel.clone()));

@@ -128,6 +128,14 @@ fn json_to_yaml(text: &str) -> Result<String> {
     Ok(serde_yaml::to_string(&value).expect("YAML values serialize"))
 }
 
+/// YAML text (`source` names it in errors) as JSON text: what the run folders' Hydra files hold, for Python
+/// readers without a YAML library.
+#[pyfunction]
+fn yaml_to_json(text: &str, source: &str) -> Result<String> {
+    let value = config::parse_yaml(source, text)?;
+    serde_json::to_string(&value).map_err(|e| DlDriverError::new_err(format!("{source}: {e}")).into())
+}
+
 /// Generates this rank's share of a config's dataset; returns what was done.
 #[pyfunction]
 #[pyo3(signature = (config_json, rank = 0, world_size = 1, skip_existing = false, threads = None, progress = false))]
@@ -181,6 +189,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine::checkpoint_delete, m)?)?;
     m.add_function(wrap_pyfunction!(generate, m)?)?;
     m.add_function(wrap_pyfunction!(engine::run_benchmark, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::save_run_config, m)?)?;
     m.add_class::<comm::Comm>()?;
     m.add_class::<engine::Batches>()?;
     m.add_class::<engine::PyBatch>()?;
@@ -195,6 +204,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config_yaml, m)?)?;
     m.add_function(wrap_pyfunction!(redacted_config_json, m)?)?;
     m.add_function(wrap_pyfunction!(json_to_yaml, m)?)?;
+    m.add_function(wrap_pyfunction!(yaml_to_json, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_workloads, m)?)?;
     Ok(())
 }

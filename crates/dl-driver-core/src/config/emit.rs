@@ -9,6 +9,13 @@ pub fn to_yaml(value: &Value) -> String {
     let mut out = String::new();
     match value {
         Value::Mapping(map) if !map.is_empty() => mapping(&mut out, map, 0),
+        Value::Sequence(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str("- ");
+                out.push_str(&flow(item));
+                out.push('\n');
+            }
+        }
         other => {
             out.push_str(&flow(other));
             out.push('\n');

@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use serde_yaml::Value;
 
 pub use distribution::Distribution;
+pub use emit::to_yaml as emit_yaml;
 pub use error::{ConfigError, UnknownKey};
 pub use overrides::{Override, OverrideKind, Target};
 pub use schema::*;
 pub use validate::BUILT_IN_PLUGINS;
-pub use workloads::builtin_workload_names;
+pub use workloads::{builtin_workload_names, workload_choice};
 
 /// Where a workload comes from.
 #[derive(Debug, Clone)]

@@ -239,11 +239,22 @@ pub struct Workflow {
     pub checkpoint: bool,
     pub profiling: bool,
     pub debug: bool,
+    /// dl-driver: drop the client's page cache of the dataset before each epoch and of the checkpoints between the
+    /// writes and the reads of a checkpoint-only run (`--drop-caches`), outside the measured steps.
+    pub drop_caches: bool,
 }
 
 impl Default for Workflow {
     fn default() -> Self {
-        Self { generate_data: false, train: true, evaluation: false, checkpoint: false, profiling: false, debug: false }
+        Self {
+            generate_data: false,
+            train: true,
+            evaluation: false,
+            checkpoint: false,
+            profiling: false,
+            debug: false,
+            drop_caches: false,
+        }
     }
 }
 
@@ -278,6 +289,15 @@ pub struct Dataset {
     pub compress_ratio: f64,
     /// dl-driver extension: each distinct 4 KiB block of sample bytes appears this many times (1 = no duplicates).
     pub dedup_ratio: f64,
+    /// MLPerf Storage v3 (mlpstorage injects it): training computes the split's file names from DLIO's layout
+    /// instead of listing the store.
+    pub skip_listing: bool,
+    /// With `skip_listing`: before training, every N-th computed file (and the last) must exist (0: none checked).
+    pub listing_validation_interval: u64,
+    /// Injected by mlpstorage v3 (what its datagen wrote): accepted, without effect.
+    pub num_files_generated: Option<u64>,
+    /// Injected by mlpstorage v3 (the dataset's bytes on disk): accepted, without effect.
+    pub total_disk_bytes: Option<u64>,
 }
 
 impl Default for Dataset {
@@ -306,6 +326,10 @@ impl Default for Dataset {
             hdf5: Hdf5::default(),
             compress_ratio: 1.0,
             dedup_ratio: 1.0,
+            skip_listing: false,
+            listing_validation_interval: 0,
+            num_files_generated: None,
+            total_disk_bytes: None,
         }
     }
 }
@@ -555,11 +579,33 @@ pub struct Storage {
     pub storage_root: String,
     /// Backend options (credentials, endpoint, region, retries, ...): free-form, never printed unredacted.
     pub storage_options: Mapping,
+    /// DLIO's S3 addressing (mlpstorage v3 injects it here): the same as `storage_options.s3_force_path_style`,
+    /// which wins when both are given.
+    pub s3_force_path_style: Option<bool>,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Self { storage_type: StorageType::LocalFs, storage_root: "./".into(), storage_options: Mapping::new() }
+        Self {
+            storage_type: StorageType::LocalFs,
+            storage_root: "./".into(),
+            storage_options: Mapping::new(),
+            s3_force_path_style: None,
+        }
+    }
+}
+
+impl Storage {
+    /// `storage_options` with `s3_force_path_style` added when only this block's key sets it.
+    pub fn options(&self) -> Mapping {
+        let mut options = self.storage_options.clone();
+        if let Some(path_style) = self.s3_force_path_style {
+            let key = Value::String("s3_force_path_style".into());
+            if !options.contains_key(&key) {
+                options.insert(key, Value::Bool(path_style));
+            }
+        }
+        options
     }
 }
 

@@ -267,7 +267,15 @@ pub fn validate(source_name: &str, c: &Config) -> Result<(), ConfigError> {
     if k.compression == CheckpointCompression::Zstd && !(1..=22).contains(&k.compression_level) {
         return err("checkpoint.compression_level", format!("got {}, expected a zstd level 1-22", k.compression_level));
     }
-    if c.workflow.checkpoint && !c.workflow.train && k.num_checkpoints_write < 1 && k.num_checkpoints_read < 1 {
+    // A generation run (mlpstorage's datagen: generate_data on, train off) of a workload that checkpoints only
+    // generates.
+    let generation_only = c.workflow.generate_data && !c.workflow.train;
+    if c.workflow.checkpoint
+        && !c.workflow.train
+        && !generation_only
+        && k.num_checkpoints_write < 1
+        && k.num_checkpoints_read < 1
+    {
         return err(
             "checkpoint.num_checkpoints_write",
             format!(

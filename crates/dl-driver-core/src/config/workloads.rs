@@ -14,6 +14,18 @@ pub fn builtin_workload_names() -> Vec<&'static str> {
     BUILTIN.iter().map(|(name, _)| *name).collect()
 }
 
+/// The `workload=NAME` choice behind a source name that [`find`] gave (a built-in workload, or `DIR/workload/NAME.yaml`
+/// from `--config-dir`); `None` for a file or tree given directly.
+pub fn workload_choice(source_name: &str) -> Option<String> {
+    if let Some(name) = source_name.strip_prefix("workload ").and_then(|n| n.strip_suffix(" (built-in)")) {
+        return Some(name.to_string());
+    }
+    let path = Path::new(source_name);
+    let in_workload_dir = path.parent().and_then(Path::file_name).is_some_and(|d| d == "workload");
+    let yaml = path.extension().is_some_and(|e| e == "yaml");
+    (in_workload_dir && yaml).then(|| path.file_stem().map(|s| s.to_string_lossy().into_owned())).flatten()
+}
+
 /// Finds workload `name` and parses it; returns the source name used in messages and the raw tree.
 pub fn find(name: &str, config_dir: Option<&Path>) -> Result<(String, Value), ConfigError> {
     if name.is_empty() || name.contains(['/', '\\']) || name == ".." {

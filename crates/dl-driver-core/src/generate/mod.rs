@@ -65,7 +65,7 @@ pub struct GenerateReport {
 pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<GenerateReport, GenerateError> {
     let started = Instant::now();
     let location = config.data_location().map_err(|e| GenerateError::Config(format!("dataset.data_folder: {e}")))?;
-    let storage_options = StorageOptions::from_yaml(&config.storage.storage_options)
+    let storage_options = StorageOptions::from_yaml(&config.storage.options())
         .map_err(|e| GenerateError::Config(format!("storage.storage_options: {e}")))?;
     let store = storage::open_shared(&location.to_string(), &storage_options)?;
     // Rank 0 creates DLIO's folders, as DLIO's generator does; object stores have no folders, and DLIO lists an

@@ -176,7 +176,7 @@ impl Plugin for CheckpointPlugin {
     }
 
     async fn initialize(&mut self, plan: &Plan, _ctx: &mut HookContext<'_>) -> Result<(), PluginError> {
-        let options = StorageOptions::from_yaml(&self.config.storage.storage_options)
+        let options = StorageOptions::from_yaml(&self.config.storage.options())
             .map_err(|e| PluginError::Config(format!("storage.storage_options: {e}")))?;
         self.store = Some(storage::open_shared(&plan.checkpoint_location, &options)?);
         self.schedule.clone_from(&plan.checkpoint);
@@ -216,6 +216,13 @@ impl Plugin for CheckpointPlugin {
         ctx.comm.barrier()?;
         if schedule.reads == 0 {
             return Ok(());
+        }
+        if self.config.workflow.drop_caches {
+            // MLPerf's rule: write, clear the cache, read.
+            let store = self.store()?.clone();
+            let keys: Vec<String> = store.list("").await?.into_iter().map(|o| o.key).collect();
+            tokio::task::block_in_place(|| store.drop_page_cache(&keys))?;
+            ctx.comm.barrier()?;
         }
         let mut names = self.written.clone();
         if names.is_empty() {

@@ -437,6 +437,23 @@ impl Store {
         self.local.is_some()
     }
 
+    /// Drops what the client's page cache holds of `keys` (blocking; call it off the async workers): as root, the
+    /// whole cache (`sync`, then `vm.drop_caches = 3`, which also drops what other processes cached); otherwise
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` on each key's file. An object store has no client page cache: nothing
+    /// to drop. Returns how it was done.
+    pub fn drop_page_cache(&self, keys: &[String]) -> Result<&'static str, StorageError> {
+        let Some(local) = &self.local else { return Ok("none (an object store: no client page cache)") };
+        if drop_whole_page_cache() {
+            return Ok("vm.drop_caches");
+        }
+        for key in keys {
+            let path = local.path_of(&self.location(key)?);
+            let file = std::fs::File::open(&path).map_err(|e| StorageError::from_io(&self.shown(key), "open", &e))?;
+            fadvise_dont_need(&file).map_err(|e| StorageError::from_io(&self.shown(key), "posix_fadvise", &e))?;
+        }
+        Ok("posix_fadvise")
+    }
+
     /// The store as local files (`file://`, `direct://`), `None` for object stores.
     pub fn local(&self) -> Option<LocalFiles> {
         let local = Arc::clone(self.local.as_ref()?);
@@ -657,5 +674,30 @@ impl Writer {
             operation: "write",
             message: "the writer was closed after an error".into(),
         }
+    }
+}
+
+/// As root: `sync`, then `vm.drop_caches = 3`; false when not root or the kernel refuses (a read-only /proc/sys).
+#[allow(unsafe_code)]
+fn drop_whole_page_cache() -> bool {
+    // SAFETY: geteuid and sync take no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` on the whole file: its clean cached pages are dropped.
+#[allow(unsafe_code)]
+fn fadvise_dont_need(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the descriptor stays open for the call; fadvise only advises the kernel.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
     }
 }

@@ -26,7 +26,7 @@ const OWN_KEYS: &[&str] = &[
     "s3_max_attempts",
 ];
 /// Keys DLIO or MLPerf configs carry that select their own client library: accepted, without effect here.
-const ACCEPTED_WITHOUT_EFFECT: &[&str] = &["storage_library", "prefetch_window"];
+const ACCEPTED_WITHOUT_EFFECT: &[&str] = &["storage_library", "prefetch_window", "uri_scheme"];
 
 /// Options given for one store, as text (YAML values and keyword arguments are stringified).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
