@@ -144,6 +144,8 @@ def test_checkpointing_rules(tmp_path: Path) -> None:
     assert few.division == "INVALID" and reasons(few) == [
         "4 processes: closed llama3-8b runs 8; open allows any multiple of TP x PP = 1",
         "4 accelerators per host: MLPerf Storage v3 needs more than 4"]
+    subset8b = verdict(run_folder(tmp_path, "subset8b", "llama_8b_zero3", config={"checkpoint.mode": "subset"}))
+    assert subset8b.division == "CLOSED" and subset8b.reasons == []
     subset = verdict(run_folder(tmp_path, "subset", "llama_70b", config={"checkpoint.mode": "subset"},
                                 summary={"metric": {"checkpoint_size_GB": 114.0}}))
     assert reasons(subset) == [
