@@ -13,7 +13,7 @@ command -v mpirun >/dev/null && command -v mpicc >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q openmpi-bin libopenmpi-dev >/dev/null
 }
 ensure_venv "mpi4py>=3.1" "torch>=2.2" "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "pandas>=2" "tensorflow-cpu>=2.15" \
-  "mypy>=2.4" "ruff>=0.17"
+  "mypy>=2.4" "ruff>=0.17" "jsonschema>=4.20"
 
 step "storage servers (moto, SeaweedFS, Azurite)"
 # Servers already running (another session's) are used and left running; only the ones started here are stopped.

@@ -213,3 +213,29 @@ def test_datasize_for_checkpointing_gives_dlios_sizes(cli: Any, workload: str, p
     c = json.loads(done.stdout)["checkpointing"]
     assert c["checkpoint_bytes"] / GIB == pytest.approx(gib, abs=0.01)
     assert c["written_bytes"] == c["checkpoint_bytes"] * 10 and c["largest_rank_bytes"] <= c["checkpoint_bytes"]
+
+
+def test_compare_says_equal_for_the_same_seed_and_names_the_first_difference_otherwise(cli: Any, tmp_path: Path) -> None:
+    base = ["workload=quickstart", f"++workload.dataset.data_folder={tmp_path / 'd'}", "++workload.train.epochs=2"]
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        done = cli("run", *base, f"++workload.train.seed={seed}", f"++workload.output.folder={tmp_path / name}",
+                   *(["++workload.workflow.generate_data=False"] if name != "a" else []))
+        assert done.returncode == 0, done.stderr
+    same = cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    assert same.returncode == 0, same.stderr
+    result = json.loads(same.stdout)
+    assert result["equal"] and result["first_difference"] is None and result["ranks"] == [1, 1]
+    throughput = result["metrics"]["train_throughput_mean_samples_per_second"]
+    assert throughput["delta"] == pytest.approx(throughput["b"] - throughput["a"])
+    assert {"read", "compute"} <= set(result["latency"])
+    other = cli("compare", str(tmp_path / "a"), str(tmp_path / "c"))
+    assert other.returncode == 1
+    digests = [json.loads((tmp_path / n / "dl_driver_report.json").read_text())["ranks"][0]["digests"] for n in "ac"]
+    assert digests[0][0] != digests[1][0]
+    assert (f"access order: differs first at epoch 1, rank 0: {digests[0][0]} (A) vs {digests[1][0]} (B)"
+            in other.stdout)
+    dlio = tmp_path / "dlio"
+    dlio.mkdir()
+    (dlio / "summary.json").write_text("{}")
+    missing = cli("compare", str(tmp_path / "a"), str(dlio))
+    assert missing.returncode == 2 and "DLIO writes no access-order digests" in missing.stderr

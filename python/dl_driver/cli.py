@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from dl_driver import _core, checkpoint, distributed, launcher, mlperf, search
+from dl_driver import _core, checkpoint, compare, distributed, launcher, mlperf, search
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
 from dl_driver.runner import DlioRunner, measures
@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--launcher", choices=search.LAUNCHERS, help="mpi (mpirun) or torch (torchrun); default: found")
     find.add_argument("--output", metavar="DIR", help="parent of the tries' run folders (default: output.folder)")
     find.set_defaults(handler=_search)
+    cmp = commands.add_parser(
+        "compare", help="seeded access-order parity of two runs (digests per rank and epoch) and their metrics"
+    )
+    cmp.add_argument("run_a", metavar="RUN_A", help="a dl-driver run folder")
+    cmp.add_argument("run_b", metavar="RUN_B", help="another")
+    cmp.add_argument("--json", action="store_true", help="print JSON")
+    cmp.set_defaults(handler=_compare)
     dlio = commands.add_parser(
         "dlio-bin",
         help="print the folder holding dl-driver's drop-in 'dlio_benchmark' (for mlpstorage --dlio-bin-path)",
@@ -427,6 +434,12 @@ def _search(args: argparse.Namespace) -> int:
         return 1
     print(f"answer: {answer} simulated accelerator(s) keep AU >= {100 * threshold:g}% in every epoch")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    result = compare.compare_runs(args.run_a, args.run_b)
+    print(json.dumps(result, indent=2) if args.json else compare.render(result))
+    return 0 if result["equal"] else 1
 
 
 def dlio_bin_folder() -> str:

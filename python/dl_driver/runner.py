@@ -16,6 +16,7 @@ from typing import Any
 from dl_driver import _core, distributed, launcher
 from dl_driver.config import Config, load_dlio_config
 from dl_driver.generation import generate
+from dl_driver.results import MlperfRecord, record_of
 
 
 def measures(cfg: Config) -> bool:
@@ -41,6 +42,14 @@ class Report:
         """This rank's epochs: AU, throughput, blocks, evaluation and access-order digests."""
         epochs: list[dict[str, Any]] = self.details.get("epochs", [])
         return epochs
+
+    def to_mlperf_json(self) -> MlperfRecord:
+        """The run as an MLPerf results record (mlpstorage's results.json fields plus dl-driver's: see
+        ``dl_driver.results``), read from the run folder rank 0 wrote; ``.save(path)``, ``.to_dict()``,
+        ``.to_csv(path)``."""
+        if not self.summary:
+            raise _core.DlDriverError("to_mlperf_json: this run measured nothing (a generation-only run)")
+        return record_of(self.output_folder)
 
     @property
     def latency(self) -> dict[str, dict[str, float]]:

@@ -169,6 +169,11 @@ struct RankShare {
     digests: Vec<String>,
     eval_digests: Vec<String>,
     repeated_samples: Vec<u64>,
+    /// Per epoch: the samples this rank's training steps consumed and the bytes they read.
+    #[serde(default)]
+    samples: Vec<u64>,
+    #[serde(default)]
+    bytes_read: Vec<u64>,
     latency: std::collections::BTreeMap<String, LatencySummary>,
     /// The per-stage histograms themselves (value ns, count), for the job's merged ones.
     histograms: std::collections::BTreeMap<String, Vec<(u64, u64)>>,
@@ -228,6 +233,12 @@ pub fn finish(
         digests: record.epochs.iter().map(|e| e.digest.clone()).collect(),
         eval_digests: record.epochs.iter().filter_map(|e| e.eval_digest.clone()).collect(),
         repeated_samples: record.epochs.iter().map(|e| e.repeated_samples).collect(),
+        samples: record
+            .epochs
+            .iter()
+            .map(|e| e.blocks.iter().map(|b| b.steps.len() as u64).sum::<u64>() * plan.train.batch_size)
+            .collect(),
+        bytes_read: record.epochs.iter().map(|e| e.blocks.iter().map(|b| b.bytes_read).sum()).collect(),
         latency: record.latency.summaries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         histograms: record.latency.buckets(),
         saves: checkpoints_of(record, "save"),
