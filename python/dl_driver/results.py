@@ -101,12 +101,16 @@ def record_of(folder: str | os.PathLike[str]) -> MlperfRecord:
         )
     ]
     location = str(details.get("data_location", ""))
+    # What the run measured (a run that generated its data first still measured its training; mlpstorage's
+    # folder classification, where generate_data wins, is for its datagen folders).
+    workflow = run.config.workflow
+    kind = "training" if workflow.train else "checkpointing" if workflow.checkpoint else run.kind
     record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run.path.name,
-        "benchmark_type": run.kind,
+        "benchmark_type": kind,
         "model": str(run.config.model.name),
-        "command": "datagen" if run.kind == "datagen" else "run",
+        "command": "datagen" if kind == "datagen" else "run",
         "parameters": json.loads(run.config.to_json()),
         "system_info": {"total_memory_bytes": int(memory), "total_cores": int(sum(summary.get("host_cpu_count", [])))},
         "metrics": metric,
