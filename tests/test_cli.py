@@ -128,14 +128,6 @@ def test_yaml_syntax_error_has_line_and_column(cli, tmp_path: Path) -> None:
     assert "bad.yaml:" in out.stderr and "invalid YAML" in out.stderr
 
 
-@pytest.mark.parametrize("command", ["report"])
-def test_planned_commands_say_they_are_not_available(cli, command: str) -> None:
-    out = cli(command, "workload=quickstart")
-    assert out.returncode == 2
-    assert "not available yet" in out.stderr
-    assert out.stdout == ""
-
-
 def test_secrets_are_not_printed(cli) -> None:
     out = cli(
         "validate",

@@ -3,12 +3,14 @@ passing and failing case with the verdict and the reason (../shared/reference/ml
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -239,3 +241,58 @@ def test_compare_says_equal_for_the_same_seed_and_names_the_first_difference_oth
     (dlio / "summary.json").write_text("{}")
     missing = cli("compare", str(tmp_path / "a"), str(dlio))
     assert missing.returncode == 2 and "DLIO writes no access-order digests" in missing.stderr
+
+
+def test_report_over_a_results_tree_of_our_runs_dlios_layouts_a_broken_folder_and_a_submission(
+    cli: Any, tmp_path: Path
+) -> None:
+    tree = tmp_path / "results"
+    # A 6-run unet3d submission (DLIO HEAD's layout: dlio_config/ beside summary.json), read B/W 10..15 GiB/s.
+    for i in range(6):
+        run_folder(tree / "training" / "unet3d" / "run", f"2026120{i}_100000", "unet3d_h100",
+                   config={**UNET, "train.seed": i}, overrides=[*UNET_OVERRIDES, f"++workload.train.seed={i}"],
+                   start=110 * i, summary={"metric": {"train_au_meet_expectation": "success",
+                                                      "train_au_mean_percentage": 95.0,
+                                                      "train_io_mean_MB_per_second": 1024.0 * (10 + i)}})
+    # DLIO 2.0.0's layout: .hydra/ and its key dialect (model as a string, record_length).
+    old = tree / "dlio200"
+    (old / ".hydra").mkdir(parents=True)
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"workload": {
+        "model": "resnet50", "framework": "tensorflow",
+        "workflow": {"generate_data": False, "train": True},
+        "dataset": {"format": "tfrecord", "num_files_train": 1024, "num_samples_per_file": 1251,
+                    "record_length": 114660}, "reader": {"data_loader": "tensorflow", "batch_size": 400},
+        "train": {"epochs": 5, "computation_time": 0.224}}}))
+    (old / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["workload=resnet50_h100"]))
+    (old / "summary.json").write_text(json.dumps({
+        "num_accelerators": 2, "num_hosts": 1, "host_memory_GB": [64.0], "host_cpu_count": [16],
+        "start": T0.isoformat(), "end": (T0 + datetime.timedelta(seconds=50)).isoformat(),
+        "num_files_train": 1024, "num_files_eval": 0, "metric": {"train_au_meet_expectation": "success",
+                                                                 "train_io_mean_MB_per_second": 2048.0}}))
+    broken = tree / "broken"
+    broken.mkdir()
+    (broken / "summary.json").write_text("{not json")
+    # And one of ours.
+    ours = cli("run", "workload=quickstart", f"++workload.dataset.data_folder={tmp_path / 'd'}", "++workload.train.epochs=1",
+               f"++workload.output.folder={tree / 'ours'}")
+    assert ours.returncode == 0, ours.stderr
+    done = cli("report", str(tree), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(records) == 8 and {r["run_id"] for r in records} >= {"dlio200", "ours", "20261205_100000"}
+    schema = json.loads(dl_driver.results.SCHEMA_PATH.read_text())
+    jsonschema.validate(next(r for r in records if r["run_id"] == "ours"), schema)
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and "metrics.train_io_mean_MB_per_second" in rows[0] and "parameters.dataset.num_files_train" in rows[0]
+    verdicts = json.loads((tmp_path / "out" / "verdicts.json").read_text())
+    assert [u["folder"] for u in verdicts["unreadable"]] == [str(broken)]
+    assert "unreadable" in verdicts["unreadable"][0]["why"]
+    unet = next(t for t in verdicts["table"] if t["Model"] == "unet3d")
+    # Read B/W: the mean over the 5 runs after the warm-up of train_io_mean_MB_per_second / 1024.
+    assert unet["Training - Read B/W (GiB/s)"] == round(sum(10 + i for i in range(1, 6)) / 5, 2) == 13.0
+    assert unet["Training - Accelerator Type"] == "h100" and unet["Training - # Simulated Accelerators"] == 8
+    assert unet["Division"] == "CLOSED"
+    resnet = next(s for s in verdicts["submissions"] if s["subject"].startswith("training resnet50"))
+    assert resnet["verdict"] == "INVALID" and any("(exactly 6)" in r["reason"] for r in resnet["reasons"])
+    assert "unet3d (6 runs): CLOSED" in done.stdout

@@ -10,15 +10,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from dl_driver import _core, checkpoint, compare, distributed, launcher, mlperf, search
+from dl_driver import _core, checkpoint, compare, distributed, launcher, mlperf, report, search
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
 from dl_driver.runner import DlioRunner, measures
-
-#: Subcommands that later versions bring, with what they will do.
-PLANNED = {
-    "report": "aggregates run folders into MLPerf JSON/CSV reports",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,10 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the folder holding dl-driver's drop-in 'dlio_benchmark' (for mlpstorage --dlio-bin-path)",
     )
     dlio.set_defaults(handler=_dlio_bin)
-    for name, what in PLANNED.items():
-        planned = commands.add_parser(name, help=f"(not available yet) {what}")
-        planned.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        planned.set_defaults(handler=_not_available)
+    rep = commands.add_parser(
+        "report",
+        help="every run folder under a results tree as mlpstorage's reportgen writes them (results.json, results.csv), "
+        "MLPerf v3's table and the verdicts",
+    )
+    rep.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="results trees or run folders")
+    rep.add_argument("-o", "--output", default=".", metavar="OUT", help="where to write the files (default: .)")
+    rep.add_argument(
+        "--accelerator-memory-gb",
+        type=float,
+        default=80.0,
+        metavar="GB",
+        help="memory of one accelerator, for the checkpointing rule (default 80)",
+    )
+    rep.set_defaults(handler=_report)
     return parser
 
 
@@ -347,25 +353,9 @@ def _datasize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_folders(paths: list[str]) -> list[str]:
-    """The run folders (holding summary.json) at or under each path, each path's in name order."""
-    found: list[str] = []
-    for path in paths:
-        if not os.path.isdir(path):
-            raise DlDriverError(f"{path}: not a folder")
-        if os.path.isfile(os.path.join(path, "summary.json")):
-            found.append(path)
-            continue
-        below = sorted(root for root, _, files in os.walk(path) if "summary.json" in files)
-        if not below:
-            raise DlDriverError(f"{path}: no run folder (one holding summary.json) at or under it")
-        found.extend(below)
-    return found
-
-
 def _check(args: argparse.Namespace) -> int:
     runs, unreadable = [], []
-    for path in _run_folders(args.runs):
+    for path in report.run_folders(args.runs):
         try:
             runs.append(mlperf.read_run(path))
         except DlDriverError as e:
@@ -436,6 +426,21 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    built = report.build(args.results, accelerator_memory_gb=args.accelerator_memory_gb)
+    for path in report.write(built, args.output):
+        print(f"wrote {path}")
+    print(f"{len(built['records'])} run(s), {len(built['unreadable'])} unreadable folder(s)")
+    for item in built["unreadable"]:
+        print(f"  unreadable: {item['folder']}: {item['why']}")
+    for row, verdict in zip(built["table"], built["submissions"], strict=True):
+        cells = ", ".join(f"{k}: {v}" for k, v in row.items() if k not in ("Division", "Benchmark Type", "Model"))
+        print(f"  {verdict['subject']}: {verdict['verdict']}; {cells}")
+        for r in verdict["reasons"]:
+            print(f"    - {r['division']}: {r['reason']}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     result = compare.compare_runs(args.run_a, args.run_b)
     print(json.dumps(result, indent=2) if args.json else compare.render(result))
@@ -460,15 +465,6 @@ def dlio_bin_folder() -> str:
 def _dlio_bin(args: argparse.Namespace) -> int:
     print(dlio_bin_folder())
     return 0
-
-
-def _not_available(args: argparse.Namespace) -> int:
-    print(
-        f"dl-driver {args.command}: not available yet in dl-driver {_core.__version__} "
-        f"(it {PLANNED[args.command]}); 'dl-driver validate' works today",
-        file=sys.stderr,
-    )
-    return 2
 
 
 if __name__ == "__main__":
