@@ -8,12 +8,17 @@ source scripts/common.sh
 step "toolchain and test dependencies"
 if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 # Multi-rank tests run under real mpirun (Open MPI, with mpi4py built against it) and torchrun (torch, CPU is enough).
-command -v mpirun >/dev/null && command -v mpicc >/dev/null || {
+# The HTML report is opened in a real headless browser (Debian's chromium).
+missing=""
+command -v mpirun >/dev/null && command -v mpicc >/dev/null || missing="openmpi-bin libopenmpi-dev"
+command -v chromium >/dev/null || missing="$missing chromium"
+if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q openmpi-bin libopenmpi-dev >/dev/null
-}
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
+fi
 ensure_venv "mpi4py>=3.1" "torch>=2.2" "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "pandas>=2" "tensorflow-cpu>=2.15" \
-  "mypy>=2.4" "ruff>=0.17" "jsonschema>=4.20"
+  "mypy>=2.4" "ruff>=0.17" "jsonschema>=4.20" "matplotlib>=3.8"
 
 step "storage servers (moto, SeaweedFS, Azurite)"
 # Servers already running (another session's) are used and left running; only the ones started here are stopped.

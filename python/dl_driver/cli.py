@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from dl_driver import _core, checkpoint, compare, distributed, launcher, mlperf, report, search
+from dl_driver import _core, checkpoint, compare, distributed, htmlreport, launcher, mlperf, report, search
 from dl_driver._core import DlDriverError
 from dl_driver.config import Config, ConfigWarning, load_dlio_config
 from dl_driver.runner import DlioRunner, measures
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="results trees or run folders")
     rep.add_argument("-o", "--output", default=".", metavar="OUT", help="where to write the files (default: .)")
+    rep.add_argument("--html", metavar="FILE", help="also an HTML report with charts (needs 'dl-driver[report]')")
     rep.add_argument(
         "--accelerator-memory-gb",
         type=float,
@@ -430,6 +431,8 @@ def _report(args: argparse.Namespace) -> int:
     built = report.build(args.results, accelerator_memory_gb=args.accelerator_memory_gb)
     for path in report.write(built, args.output):
         print(f"wrote {path}")
+    if args.html:
+        print(f"wrote {htmlreport.write(built, args.html)}")
     print(f"{len(built['records'])} run(s), {len(built['unreadable'])} unreadable folder(s)")
     for item in built["unreadable"]:
         print(f"  unreadable: {item['folder']}: {item['why']}")

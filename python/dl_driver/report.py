@@ -123,9 +123,11 @@ def build(paths: list[str], *, accelerator_memory_gb: float = 80.0) -> dict[str,
         except DlDriverError as e:
             unreadable.append({"folder": path, "why": str(e)})
     records: list[dict[str, Any]] = []
+    folders: list[str] = []
     for run in list(runs):
         try:
             records.append(reportgen_record(run))
+            folders.append(str(run.path))
         except DlDriverError as e:
             unreadable.append({"folder": str(run.path), "why": str(e)})
             runs.remove(run)
@@ -141,6 +143,7 @@ def build(paths: list[str], *, accelerator_memory_gb: float = 80.0) -> dict[str,
     ]
     return {
         "records": records,
+        "folders": folders,
         "runs": [v.to_dict() for v in per_run],
         "submissions": [v.to_dict() for v in submissions],
         "table": table,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dl_driver import _core, distributed, launcher
+from dl_driver import _core, distributed, htmlreport, launcher, report
 from dl_driver.config import Config, load_dlio_config
 from dl_driver.generation import generate
 from dl_driver.results import MlperfRecord, record_of
@@ -50,6 +51,11 @@ class Report:
         if not self.summary:
             raise _core.DlDriverError("to_mlperf_json: this run measured nothing (a generation-only run)")
         return record_of(self.output_folder)
+
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
+        """This run as a self-contained HTML page with charts (``dl-driver report --html`` of its folder); needs
+        ``pip install 'dl-driver[report]'`` (matplotlib)."""
+        return htmlreport.write(report.build([self.output_folder]), Path(path))
 
     @property
     def latency(self) -> dict[str, dict[str, float]]:
@@ -188,9 +194,17 @@ class DlioRunner:
                     name = self.comm.all_gather(name)[0]  # rank 0's clock names the folder for every rank
                 # Each run is a Hydra run of its own: its folder is its run dir.
                 given = [o for o in base.overrides if not o.lstrip("+~").startswith("hydra.run.dir=")]
-                record = [*given, f"++hydra.run.dir={parent / name}", f"++workload.train.seed={seed}"]
+                # The data is generated once, before the series: each run only trains (a training run to MLPerf's
+                # tools, not a datagen one).
+                record = [
+                    *given,
+                    f"++hydra.run.dir={parent / name}",
+                    f"++workload.train.seed={seed}",
+                    "++workload.workflow.generate_data=False",
+                ]
                 cfg = Config._from_json(base.to_json(redact=False), base.source_name, list(base.warnings), record)
                 cfg.set("train.seed", seed)
+                cfg.set("workflow.generate_data", False)
                 cfg.set("output.folder", str(parent / name))
                 self.config = cfg
                 report = self.run_benchmark(generate=False)
