@@ -170,3 +170,35 @@ def test_run_generates_data_then_trains(cli, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "generated 8 files" in out.stdout and "[METRIC] Training Throughput (samples/second)" in out.stdout
     assert (tmp_path / "output" / "summary.json").is_file()
+
+
+def test_progress_shows_rate_eta_and_a_line_per_epoch_on_a_terminal_and_nothing_in_a_pipe(cli, tmp_path) -> None:
+    import os
+    import pty
+    import subprocess
+
+    from tests_support import DL_DRIVER
+
+    args = [DL_DRIVER, "run", "workload=quickstart", f"++workload.dataset.data_folder={tmp_path / 'd'}",
+            "++workload.train.epochs=2", "++workload.train.computation_time=0.05", f"++workload.output.folder={tmp_path / 'o'}"]
+    leader, follower = pty.openpty()
+    done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, timeout=120,
+                          cwd=tmp_path, check=False)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal is closed once everything is read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    text = shown.decode(errors="replace")
+    assert done.returncode == 0, text[-2000:]
+    assert "generating [" in text and "files" in text
+    assert "epoch 1 [" in text and "ETA" in text and "samples/s" in text
+    assert "epoch 1: " in text and "epoch 2: " in text and "AU " in text  # the line each finished epoch leaves
+    piped = cli("run", *args[2:5], f"++workload.output.folder={tmp_path / 'p'}", "++workload.train.computation_time=0.01")
+    assert piped.returncode == 0 and "ETA" not in piped.stderr and "epoch 1: " not in piped.stderr

@@ -308,7 +308,7 @@ def progress_steps(master: int, at_least: int) -> int:
         ready, _, _ = select.select([master], [], [], 60)
         assert ready, f"no progress for 60 s: {seen[-200:]!r}"  # a hung run fails here instead of hanging the suite
         seen += os.read(master, 4096)
-        counts = [int(n) for n in re.findall(rb"step (\d+)/", seen)]
+        counts = [int(n) for n in re.findall(rb"(\d+)/\d+ steps", seen)]
         if counts and counts[-1] >= at_least:
             return counts[-1]
 

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;
+pub mod progress;
 pub mod records;
 pub mod report;
 pub mod runner;

@@ -308,12 +308,24 @@ struct Loop<'a> {
     drops: Option<DropCachesRecord>,
 }
 
-/// Counters the progress line reads.
-#[derive(Debug, Default)]
+/// Counters the progress bar reads, and the bar ([`crate::progress`]; hidden unless asked and on a terminal).
+#[derive(Debug)]
 struct Progress {
     steps: AtomicU64,
     samples: AtomicU64,
     bytes: AtomicU64,
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(shown: bool, steps: u64) -> Self {
+        Self {
+            steps: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bar: crate::progress::bar(shown, steps, crate::progress::TRAINING),
+        }
+    }
 }
 
 /// A point in time, on the wall clock (for the run files) and the monotonic one (for durations).
@@ -427,7 +439,7 @@ impl<'a> Loop<'a> {
             start: Local::now(),
             epochs: Vec::new(),
             latency: StageLatencies::default(),
-            progress: Arc::default(),
+            progress: Arc::new(Progress::new(options.progress, plan.train.steps_per_epoch)),
             drops: None,
         }
     }
@@ -472,14 +484,11 @@ impl<'a> Loop<'a> {
         eval: Option<&Arc<Readers>>,
         plugins: &mut [Box<dyn Plugin>],
     ) -> Result<(), RunError> {
-        let ticker = self
-            .options
-            .progress
-            .then(|| tokio::spawn(tick(Arc::clone(&self.progress), self.plan.train.steps_per_epoch)));
+        let ticker = self.options.progress.then(|| tokio::spawn(tick(Arc::clone(&self.progress))));
         let result = self.epochs_inner(train, eval, plugins).await;
         if let Some(t) = ticker {
             t.abort();
-            eprint!("\r\x1b[2K");
+            self.progress.bar.finish_and_clear();
         }
         result
     }
@@ -505,6 +514,9 @@ impl<'a> Loop<'a> {
             let epoch_start = (Local::now(), Instant::now());
             self.console.out(&format!("Starting epoch {epoch}: {steps} steps expected"));
             self.progress.steps.store(0, Ordering::Relaxed);
+            self.progress.bar.reset();
+            self.progress.bar.set_length(steps);
+            self.progress.bar.set_prefix(epoch.to_string());
             let order = Arc::new(sampler.epoch(epoch));
             let mut pipeline = Pipeline::start(train, &order, batch, steps);
             let mut checkpoints = Vec::new();
@@ -545,6 +557,10 @@ impl<'a> Loop<'a> {
             let done: usize = blocks.iter().map(|b| b.steps.len()).sum();
             let duration = epoch_start.1.elapsed().as_secs_f64();
             self.console.out(&format!("Ending epoch {epoch} - {done} steps completed in {duration:.2} s"));
+            self.progress.bar.println(format!(
+                "epoch {epoch}: {done} steps in {duration:.2} s, {:.0} samples/s, AU {au:.2}%",
+                throughput * self.comm.size() as f64
+            ));
             let mut record = EpochRecord {
                 epoch,
                 start: epoch_start.0,
@@ -585,6 +601,12 @@ impl<'a> Loop<'a> {
         records: Vec<CheckpointRecord>,
     ) {
         for r in records {
+            let gib = r.bytes as f64 / f64::from(1u32 << 30);
+            let rate = if r.duration > 0.0 { gib / r.duration } else { 0.0 };
+            self.progress.bar.println(format!(
+                "checkpoint {} {}: {gib:.3} GiB in {:.2} s ({rate:.2} GiB/s)",
+                r.kind, r.name, r.duration
+            ));
             self.console.out(&format!(
                 "Ending {} checkpoint {} ({:.3} GiB in {:.2} s) for epoch {}",
                 r.kind,
@@ -646,6 +668,9 @@ impl<'a> Loop<'a> {
         let (steps, batch) = (self.plan.eval.steps_per_epoch, self.plan.eval.batch_size);
         self.console.out(&format!("Starting eval - {steps} steps expected"));
         self.progress.steps.store(0, Ordering::Relaxed);
+        self.progress.bar.reset();
+        self.progress.bar.set_length(steps);
+        self.progress.bar.set_prefix(format!("{epoch} (eval)"));
         let order = Arc::new(self.sampler(Split::Valid).epoch(epoch));
         let mut pipeline = Pipeline::start(eval, &order, batch, steps);
         let mut block = OpenBlock::new(Stamp::now());
@@ -795,19 +820,20 @@ fn wait_until(deadline: Instant, cancel: &Cancel) -> bool {
     true
 }
 
-/// Prints "step s/S, samples/s, MiB/s" (rates over the last half second) on stderr twice a second.
-async fn tick(progress: Arc<Progress>, steps: u64) {
+/// Moves the bar to the epoch's step and puts this rank's samples/s and MiB/s (over the last half second) in its
+/// message, twice a second.
+async fn tick(progress: Arc<Progress>) {
     let mut last = (Instant::now(), 0u64, 0u64);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (samples, bytes) = (progress.samples.load(Ordering::Relaxed), progress.bytes.load(Ordering::Relaxed));
         let seconds = last.0.elapsed().as_secs_f64();
-        eprint!(
-            "\r\x1b[2Kstep {}/{steps}  {:.0} samples/s  {:.1} MiB/s",
-            progress.steps.load(Ordering::Relaxed),
-            (samples - last.1) as f64 / seconds,
-            (bytes - last.2) as f64 / seconds / f64::from(1u32 << 20)
-        );
+        progress.bar.set_position(progress.steps.load(Ordering::Relaxed));
+        progress.bar.set_message(format!(
+            "{:.0} samples/s  {:.1} MiB/s",
+            samples.saturating_sub(last.1) as f64 / seconds,
+            bytes.saturating_sub(last.2) as f64 / seconds / f64::from(1u32 << 20)
+        ));
         last = (Instant::now(), samples, bytes);
     }
 }

@@ -82,7 +82,8 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let total_files = todo.len() as u64;
     let progress = Arc::new(Progress::default());
     let pool = BufferPool::new(HANDOFF);
-    let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), total_files)));
+    let bar = crate::progress::bar(options.progress, total_files, crate::progress::GENERATION);
+    let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), bar.clone())));
     let config = Arc::new(config.clone());
     // After a failure no new file starts, but the files in progress run to their end (complete, or aborted with
     // their temporary data removed) before the error is returned: dropping them midway would leave that to chance.
@@ -109,7 +110,8 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let result = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
     if let Some(ticker) = ticker {
         ticker.abort();
-        progress.print(total_files, true);
+        progress.show(&bar);
+        bar.finish();
     }
     result?;
     Ok(GenerateReport {
@@ -230,20 +232,19 @@ struct Progress {
 }
 
 impl Progress {
-    async fn tick(progress: Arc<Self>, total: u64) {
+    async fn tick(progress: Arc<Self>, bar: indicatif::ProgressBar) {
         loop {
-            progress.print(total, false);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            progress.show(&bar);
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
-    fn print(&self, total: u64, last: bool) {
+    /// Files written on the bar; MiB and MiB/s in its message.
+    fn show(&self, bar: &indicatif::ProgressBar) {
         let started = *self.started.get_or_init(Instant::now);
-        let files = self.files.load(Ordering::Relaxed);
         let mib = self.bytes.load(Ordering::Relaxed) as f64 / 1_048_576.0;
         let secs = started.elapsed().as_secs_f64().max(1e-3);
-        let eta = if files > 0 { (total - files) as f64 * secs / files as f64 } else { 0.0 };
-        let end = if last { "\n" } else { "" };
-        eprint!("\rgenerating: {files}/{total} files, {mib:.0} MiB, {:.0} MiB/s, ETA {eta:.0} s   {end}", mib / secs);
+        bar.set_position(self.files.load(Ordering::Relaxed));
+        bar.set_message(format!("{mib:.0} MiB, {:.0} MiB/s", mib / secs));
     }
 }
