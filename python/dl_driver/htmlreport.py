@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dl_driver import mlperf
 from dl_driver._core import DlDriverError
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -182,14 +181,9 @@ def render(built: dict[str, Any], details: dict[str, dict[str, Any]]) -> str:
             f"<details><summary>config</summary><pre>{html.escape(json.dumps(run['parameters'], indent=2))}"
             "</pre></details>"
         )
-    for submission in built["submissions"]:
-        members = [
-            r
-            for r in records
-            if submission["subject"].startswith(
-                f"{r['benchmark_type']} {mlperf._model_key(r['model']) or r['model']} ("
-            )
-        ]
+    by_folder = dict(zip(built["folders"], records, strict=True))
+    for submission, folders in zip(built["submissions"], built["submission_folders"], strict=True):
+        members = [by_folder[f] for f in folders if f in by_folder]
         if len(members) > 1:
             parts += [
                 f"<h2>Spread: {html.escape(submission['subject'])}</h2>",

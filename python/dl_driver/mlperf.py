@@ -297,7 +297,8 @@ class Verdict:
         }
 
 
-def _model_key(name: str) -> str | None:
+def model_key(name: str) -> str | None:
+    """The MLPerf workload a model name is (``unet3d``, ``llama3-70b``, ...), or None."""
     lowered = name.lower()
     for known in TRAINING:
         if known in lowered:
@@ -306,10 +307,36 @@ def _model_key(name: str) -> str | None:
     return f"llama3-{match.group(1)}" if match and "llama" in lowered else None
 
 
+def computation_seconds(cfg: Config) -> float | None:
+    """``train.computation_time`` as one number: the constant, or a distribution's mean."""
+    compute = cfg.train.computation_time
+    value = compute.get("mean", compute.get("value")) if isinstance(compute, dict) else compute
+    return None if value is None else float(value)
+
+
+def accelerator(cfg: Config) -> str:
+    """The accelerator whose closed computation time the config uses (``h100``, ...), or ``""``."""
+    spec = TRAINING.get(model_key(str(cfg.model.name)) or "")
+    value = computation_seconds(cfg)
+    if spec is None or value is None:
+        return ""
+    return next((name for name, t in spec.computation_time.items() if abs(value - t) < 1e-9), "")
+
+
+def submissions(runs: list[RunFolder]) -> list[tuple[str, str, list[RunFolder]]]:
+    """The runs of each submission, one benchmark and model: (kind, model, its runs by start), in (kind, model) order."""
+    groups: dict[tuple[str, str], list[RunFolder]] = {}
+    for run in runs:
+        if run.kind in ("training", "checkpointing"):
+            key = (run.kind, model_key(str(run.config.model.name)) or str(run.config.model.name))
+            groups.setdefault(key, []).append(run)
+    return [(kind, model, sorted(members, key=lambda r: r.start)) for (kind, model), members in sorted(groups.items())]
+
+
 def check_run(run: RunFolder, *, accelerator_memory_gb: float = 80.0) -> Verdict:
     """The rules one run folder must meet on its own."""
     verdict = Verdict(str(run.path))
-    model = _model_key(str(run.config.model.name))
+    model = model_key(str(run.config.model.name))
     if run.kind == "training":
         _check_training(run, verdict, model)
     elif run.kind == "checkpointing":
@@ -366,9 +393,8 @@ def _check_training(run: RunFolder, verdict: Verdict, model: str | None) -> None
             f"dataset.record_length_bytes is {cfg.dataset.record_length_bytes}: {model}'s records "
             f"are {spec.record_length_bytes} bytes",
         )
-    compute = cfg.train.computation_time
-    value = compute.get("mean", compute.get("value")) if isinstance(compute, dict) else compute
-    if not any(value is not None and abs(float(value) - t) < 1e-9 for t in spec.computation_time.values()):
+    if not accelerator(cfg):
+        value = computation_seconds(cfg)
         known = ", ".join(f"{a} {t}" for a, t in spec.computation_time.items())
         verdict.add(INVALID, f"train.computation_time is {value}: no accelerator of {model} ({known})")
     accelerators = int(summary.get("num_accelerators", 1))
@@ -462,24 +488,19 @@ def check_submission(
     5 runs, each with a new seed, started less than 2x the shortest run apart; checkpointing needs its 10 writes and
     10 reads in one or two invocations, the reads starting <= 30 s after the writes end."""
     per_run = [check_run(r, accelerator_memory_gb=accelerator_memory_gb) for r in runs]
-    groups: dict[tuple[str, str], list[tuple[RunFolder, Verdict]]] = {}
-    for run, verdict in zip(runs, per_run, strict=True):
-        if run.kind in ("training", "checkpointing"):
-            key = (run.kind, _model_key(str(run.config.model.name)) or str(run.config.model.name))
-            groups.setdefault(key, []).append((run, verdict))
-    submissions = []
-    for (kind, model), members in sorted(groups.items()):
-        members.sort(key=lambda m: m[0].start)
+    of_run = {id(run): v for run, v in zip(runs, per_run, strict=True)}
+    verdicts = []
+    for kind, model, members in submissions(runs):
         verdict = Verdict(f"{kind} {model} ({len(members)} runs)")
-        for run, v in members:
-            if v.division != CLOSED:
-                verdict.add(v.division, f"{run.path.name}: {v.division}")
+        for run in members:
+            if of_run[id(run)].division != CLOSED:
+                verdict.add(of_run[id(run)].division, f"{run.path.name}: {of_run[id(run)].division}")
         if kind == "training":
-            _check_training_submission([m[0] for m in members], verdict)
+            _check_training_submission(members, verdict)
         else:
-            _check_checkpoint_submission([m[0] for m in members], verdict)
-        submissions.append(verdict)
-    return per_run, submissions
+            _check_checkpoint_submission(members, verdict)
+        verdicts.append(verdict)
+    return per_run, verdicts
 
 
 def _check_training_submission(runs: list[RunFolder], verdict: Verdict) -> None:

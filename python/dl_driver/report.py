@@ -36,7 +36,7 @@ def reportgen_record(run: mlperf.RunFolder) -> dict[str, Any]:
     """reportgen's record of a run folder: dl-driver's full record when the folder is ours, else (DLIO's) the
     fields reportgen itself takes."""
     if (run.path / "dl_driver_report.json").is_file():
-        return results.record_of(run.path).to_dict()
+        return results.record_of_run(run).to_dict()
     memory = sum(float(m) for m in run.summary.get("host_memory_GB", [])) * 2**30
     return {
         "schema_version": results.SCHEMA_VERSION,
@@ -53,18 +53,6 @@ def reportgen_record(run: mlperf.RunFolder) -> dict[str, Any]:
     }
 
 
-def _accelerator(run: mlperf.RunFolder) -> str:
-    model = mlperf._model_key(str(run.config.model.name))
-    spec = mlperf.TRAINING.get(model or "")
-    compute = run.config.train.computation_time
-    value = compute.get("mean", compute.get("value")) if isinstance(compute, dict) else compute
-    if spec and value is not None:
-        for name, t in spec.computation_time.items():
-            if abs(float(value) - t) < 1e-9:
-                return name
-    return ""
-
-
 def _mean(values: list[Any]) -> float | None:
     numbers = [float(v) for v in values if isinstance(v, (int, float))]
     return round(statistics.fmean(numbers), 2) if numbers else None
@@ -78,7 +66,7 @@ def table_row(kind: str, model: str, runs: list[mlperf.RunFolder], verdict: mlpe
         measured = runs[1:] if len(runs) > 1 else runs  # the first run is the warm-up
         row.update(
             {
-                "Training - Accelerator Type": _accelerator(first),
+                "Training - Accelerator Type": mlperf.accelerator(first.config),
                 "Training - # Client Nodes": int(first.summary.get("num_hosts", 1)),
                 "Training - # Simulated Accelerators": int(first.summary.get("num_accelerators", 1)),
                 "Training - Read B/W (GiB/s)": _mean(
@@ -132,20 +120,18 @@ def build(paths: list[str], *, accelerator_memory_gb: float = 80.0) -> dict[str,
             unreadable.append({"folder": str(run.path), "why": str(e)})
             runs.remove(run)
     per_run, submissions = mlperf.check_submission(runs, accelerator_memory_gb=accelerator_memory_gb)
-    groups: dict[tuple[str, str], list[mlperf.RunFolder]] = {}
-    for run in runs:
-        if run.kind in ("training", "checkpointing"):
-            key = (run.kind, mlperf._model_key(str(run.config.model.name)) or str(run.config.model.name))
-            groups.setdefault(key, []).append(run)
+    groups = mlperf.submissions(runs)
     table = [
-        table_row(kind, model, sorted(members, key=lambda r: r.start), verdict)
-        for ((kind, model), members), verdict in zip(sorted(groups.items()), submissions, strict=True)
+        table_row(kind, model, members, verdict)
+        for (kind, model, members), verdict in zip(groups, submissions, strict=True)
     ]
     return {
         "records": records,
         "folders": folders,
         "runs": [v.to_dict() for v in per_run],
         "submissions": [v.to_dict() for v in submissions],
+        # Each submission's run folders, in the order of "submissions".
+        "submission_folders": [[str(r.path) for r in members] for _, _, members in groups],
         "table": table,
         "unreadable": unreadable,
     }

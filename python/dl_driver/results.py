@@ -77,7 +77,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def record_of(folder: str | os.PathLike[str]) -> MlperfRecord:
     """The record of a finished dl-driver run folder (``summary.json``, ``dl_driver_report.json`` and Hydra's files)."""
-    run = mlperf.read_run(folder)
+    return record_of_run(mlperf.read_run(folder))
+
+
+def record_of_run(run: mlperf.RunFolder) -> MlperfRecord:
+    """:func:`record_of` for a folder already read."""
     details = _read_json(run.path / "dl_driver_report.json")
     summary, metric = run.summary, dict(run.summary.get("metric", {}))
     memory = sum(float(m) for m in summary.get("host_memory_GB", [])) * 2**30

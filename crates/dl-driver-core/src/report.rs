@@ -762,7 +762,7 @@ pub fn potential_caching(config: &Config, data_per_host_gib: f64, memory_gib: f6
 
 fn page_cached(config: &Config) -> bool {
     let scheme = config.data_location().map(|l| l.scheme);
-    matches!(scheme, Ok(crate::storage::Scheme::File)) && !config.reader.odirect
+    matches!(scheme, Ok(crate::uri::Scheme::File)) && !config.reader.odirect
 }
 
 /// The warning printed before training when [`potential_caching`] holds (`ranks_on_host` of the job's ranks run
