@@ -180,25 +180,32 @@ def test_progress_shows_rate_eta_and_a_line_per_epoch_on_a_terminal_and_nothing_
     from tests_support import DL_DRIVER
 
     args = [DL_DRIVER, "run", "workload=quickstart", f"++workload.dataset.data_folder={tmp_path / 'd'}",
-            "++workload.train.epochs=2", "++workload.train.computation_time=0.05", f"++workload.output.folder={tmp_path / 'o'}"]
+            "++workload.train.epochs=2", "++workload.train.computation_time=0.05", f"++workload.output.folder={tmp_path / 'o'}",
+            "++workload.workflow.checkpoint=True", f"++workload.checkpoint.checkpoint_folder={tmp_path / 'c'}",
+            "++workload.checkpoint.steps_between_checkpoints=16", "++workload.model.model_size_bytes=33554432"]
     leader, follower = pty.openpty()
-    done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, timeout=120,
-                          cwd=tmp_path, check=False)
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, cwd=tmp_path)
     os.close(follower)
     shown = b""
-    while True:
+    while True:  # read as it is drawn, so a full terminal buffer never blocks the run
         try:
             chunk = os.read(leader, 65536)
-        except OSError:  # the terminal is closed once everything is read
+        except OSError:  # the terminal is closed once the process is gone and everything is read
             break
         if not chunk:
             break
         shown += chunk
     os.close(leader)
+    returncode = process.wait(timeout=120)
     text = shown.decode(errors="replace")
-    assert done.returncode == 0, text[-2000:]
+    assert returncode == 0, text[-2000:]
     assert "generating [" in text and "files" in text
     assert "epoch 1 [" in text and "ETA" in text and "samples/s" in text
     assert "epoch 1: " in text and "epoch 2: " in text and "AU " in text  # the line each finished epoch leaves
-    piped = cli("run", *args[2:5], f"++workload.output.folder={tmp_path / 'p'}", "++workload.train.computation_time=0.01")
+    # A checkpoint's bar, its bytes of the checkpoint's total, and the line it leaves.
+    assert "saving global_epoch1_step16 [" in text and "/32.00 MiB" in text
+    assert "checkpoint save global_epoch1_step16: " in text
+    piped = cli("run", *args[2:5], f"++workload.output.folder={tmp_path / 'p'}", "++workload.train.computation_time=0.01",
+                *args[7:])
     assert piped.returncode == 0 and "ETA" not in piped.stderr and "epoch 1: " not in piped.stderr
+    assert "saving" not in piped.stderr and "checkpoint save" not in piped.stderr

@@ -46,6 +46,10 @@ def test_the_record_round_trips_through_save_validates_and_flattens_to_the_csv_c
     assert [e["au_percentage"] for e in d["epochs"]] == summary["metric"]["train_au_percentage"]
     assert d["digests"] == [{"rank": 0, "epochs": details["ranks"][0]["digests"]}]
     assert {"read", "compute"} <= set(d["latency_us"]) and d["latency_us"]["read"]["p99_9"] is not None
+    # Local files make no HTTP requests: every kind is counted, and none failed.
+    kinds = {"throttled", "server_error", "client_error", "connect", "timeout", "interrupted", "other"}
+    assert d["errors"]["total"] == 0 and set(d["errors"]["by_kind"]) == kinds
+    assert d["errors"]["per_rank"] == [{"rank": 0, "by_kind": dict.fromkeys(sorted(kinds), 0)}]
     # A run that generated its data is a datagen folder to MLPerf's tools, and no result: the verdict says so.
     assert d["verdict"]["verdict"] == "INVALID"
     assert [r["reason"] for r in d["verdict"]["reasons"]] == [
@@ -63,3 +67,38 @@ def test_a_record_breaking_the_schema_is_caught(tmp_path: Path) -> None:
     saved["dl_driver"]["backend"]["uri"] = "s3://key:secret@bucket/data"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(saved, json.loads(results.SCHEMA_PATH.read_text()))
+
+
+def test_failed_storage_requests_are_counted_by_kind(tmp_path: Path, servers: dict[str, str]) -> None:
+    """A training run on S3 (moto) behind a link that answers the first connection 503 Slow Down and resets the next
+    two: object_store retries them, the run succeeds, and the record counts exactly what the link spoiled."""
+    from test_storage_conformance import s3_bucket
+    from tests_support import FaultyLink
+
+    s3_bucket(servers["moto"], "dl-driver-tests")
+    folder = f"s3://dl-driver-tests/errors-{tmp_path.name}"
+    options = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
+    generate = {"dataset.data_folder": folder, "storage.storage_options": {**options, "endpoint_url": servers["moto"]},
+                "train.epochs": 1, "workflow.train": False, "workflow.evaluation": False}
+    dl_driver.generate(dl_driver.load_dlio_config("quickstart", generate))
+    link = FaultyLink(servers["moto"], throttle=1, reset=2)
+    try:
+        report = run(tmp_path, **{"dataset.data_folder": folder, "workflow.generate_data": False,
+                                  "storage.storage_options": {**options, "endpoint_url": link.endpoint}})
+    finally:
+        link.close()
+    assert link.spoiled == {"throttle": 1, "reset": 2}
+    record = report.to_mlperf_json().to_dict()
+    jsonschema.validate(record, json.loads(results.SCHEMA_PATH.read_text()))
+    errors = record["dl_driver"]["errors"]
+    assert errors["total"] == 3, errors
+    # A reset shows as a broken connect or an interrupted request, by when the RST lands against the client's write.
+    by_kind = errors["by_kind"]
+    assert by_kind["throttled"] == 1 and by_kind["connect"] + by_kind["interrupted"] == 2, errors
+    assert errors["per_rank"][0]["by_kind"] == errors["by_kind"]
+    details = json.loads((tmp_path / "out" / "dl_driver_report.json").read_text())
+    assert details["request_errors"] == errors["by_kind"]
+    # A run on the same data with a clean link counts none.
+    clean = run(tmp_path / "clean", **{"dataset.data_folder": folder, "workflow.generate_data": False,
+                                       "storage.storage_options": {**options, "endpoint_url": servers["moto"]}})
+    assert clean.to_mlperf_json().to_dict()["dl_driver"]["errors"]["total"] == 0

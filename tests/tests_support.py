@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +90,88 @@ class FilesCreated:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class FaultyLink:
+    """A TCP relay on 127.0.0.1 in front of a real server that spoils the first connections it accepts, as a
+    throttling server or a broken network would: the first ``throttle`` are answered ``503 Slow Down`` (S3's
+    throttling reply) once their request head has arrived, the next ``reset`` are reset by a TCP RST; every later one
+    is relayed to the server unchanged. ``spoiled`` counts what it did."""
+
+    _BODY = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    SLOW_DOWN = (
+        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        + f"Content-Length: {len(_BODY)}\r\n\r\n".encode()
+        + _BODY
+    )
+
+    def __init__(self, target: str, throttle: int, reset: int) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._plan = ["throttle"] * throttle + ["reset"] * reset
+        self.spoiled = {"throttle": 0, "reset": 0}
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(conn)
+            fault = self._plan.pop(0) if self._plan else None
+            if fault == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                self.spoiled["reset"] += 1
+            elif fault == "throttle":
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                conn.sendall(self.SLOW_DOWN)
+                conn.close()
+                self.spoiled["throttle"] += 1
+            else:
+                upstream = socket.create_connection(self._target)
+                self._sockets.append(upstream)
+                for a, b in ((conn, upstream), (upstream, conn)):
+                    t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                    t.start()
+                    self._threads.append(t)
+
+    @staticmethod
+    def _shut(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+
+    @classmethod
+    def _pump(cls, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(1 << 20):
+                sink.sendall(chunk)
+        cls._shut(source)
+        cls._shut(sink)
+
+    def close(self) -> None:
+        """Stops accepting, ends every relayed connection and waits for the relay's threads."""
+        self._closed.set()
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (closing alone does not, on Linux)
+        self._accepting.join()
+        self._listener.close()
+        for s in self._sockets:
+            self._shut(s)
+        for t in self._threads:
+            t.join()
+        for s in self._sockets:
+            s.close()

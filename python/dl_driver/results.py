@@ -22,7 +22,7 @@ from dl_driver import mlperf
 from dl_driver._core import DlDriverError
 
 #: The record's schema version: its major number changes when a field changes meaning or goes.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "mlperf_record.schema.json"
 _PERCENTILES = (("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("p99_9", "p999_us"), ("max", "max_us"))
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
@@ -73,6 +73,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DlDriverError(f"{path}: expected a JSON object")
     return value
+
+
+def _errors(details: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Failed storage requests by kind, for the job and per rank (``total`` is None for a run that did not count
+    them: a folder written before dl-driver counted)."""
+    counted = "request_errors" in details
+    by_kind = {str(k): int(v) for k, v in dict(details.get("request_errors", {})).items()}
+    return {
+        "what": "failed HTTP attempts of the object stores (s3, az, gs), retried by the client unless the run failed; "
+        "local files fail the run instead",
+        "total": sum(by_kind.values()) if counted else None,
+        "by_kind": by_kind,
+        "per_rank": [
+            {"rank": int(r.get("rank", i)), "by_kind": {str(k): int(v) for k, v in r.get("request_errors", {}).items()}}
+            for i, r in enumerate(ranks)
+        ],
+    }
 
 
 def record_of(folder: str | os.PathLike[str]) -> MlperfRecord:
@@ -151,6 +168,7 @@ def record_of_run(run: mlperf.RunFolder) -> MlperfRecord:
                 "size_GiB": metric.get("checkpoint_size_GB"),
                 "slowest_rank_rule": details.get("checkpoint_rule", {}),
             },
+            "errors": _errors(details, ranks),
             "digests": [
                 {"rank": int(r.get("rank", i)), "epochs": list(r.get("digests", []))} for i, r in enumerate(ranks)
             ],

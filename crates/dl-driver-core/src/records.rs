@@ -57,6 +57,8 @@ pub struct RankRecord {
     pub step_thread_class: &'static str,
     /// `workflow.drop_caches`: the cache drops before the epochs, timed outside the steps.
     pub drop_caches: Option<DropCachesRecord>,
+    /// Failed HTTP attempts of the object stores during the run, by kind (`storage::requests`).
+    pub request_errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// The page-cache drops of a run (`workflow.drop_caches`).

@@ -180,6 +180,9 @@ struct RankShare {
     saves: Checkpoints,
     loads: Checkpoints,
     interrupted: bool,
+    /// Failed HTTP attempts by kind (retried by the object store's client, or the run's failure).
+    #[serde(default)]
+    request_errors: std::collections::BTreeMap<String, u64>,
 }
 
 fn checkpoints_of(record: &RankRecord, kind: &str) -> Checkpoints {
@@ -244,6 +247,7 @@ pub fn finish(
         saves: checkpoints_of(record, "save"),
         loads: checkpoints_of(record, "load"),
         interrupted: record.interrupted,
+        request_errors: record.request_errors.clone(),
     };
     let gathered = comm.all_gather(serde_json::to_string(&share).expect("shares serialize"))?;
     let ranks: Vec<RankShare> = gathered
@@ -268,6 +272,10 @@ pub fn finish(
     for r in &ranks {
         job_latency.add_buckets(&r.histograms);
     }
+    let mut request_errors = std::collections::BTreeMap::<String, u64>::new();
+    for (kind, n) in ranks.iter().flat_map(|r| &r.request_errors) {
+        *request_errors.entry(kind.clone()).or_default() += n;
+    }
     let details = json!({
         "dl_driver_version": env!("CARGO_PKG_VERSION"),
         "interrupted": interrupted,
@@ -282,6 +290,7 @@ pub fn finish(
         "latency": share.latency,
         "latency_all_ranks": job_latency.summaries(),
         "checkpoint_rule": checkpoint_rule(&ranks),
+        "request_errors": request_errors,
         "compute": compute_details(config, &share.latency, record.step_thread_class),
         "page_cache": {
             "read_through_page_cache": page_cached(config),

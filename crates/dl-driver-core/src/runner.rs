@@ -17,6 +17,7 @@ use crate::metrics::{block_metrics, step_weighted, StageLatencies, StepTimes};
 use crate::pipeline::{Pipeline, PipelineError, ReaderSpec, Readers};
 use crate::plan::Plan;
 use crate::plugins::{self, Hook, HookError, Plugin, PluginError, StepPoint};
+use crate::progress::Display;
 pub use crate::records::{BlockRecord, CheckpointRecord, DropCachesRecord, EpochRecord, RankRecord};
 use crate::report::{self, Console};
 use crate::sampler::{Rng, Sampler, ShufflePolicy, PURPOSE_COMPUTE};
@@ -86,6 +87,7 @@ pub async fn run(
     comm: &dyn Communicator,
     extra: Vec<Box<dyn Plugin>>,
 ) -> Result<report::Report, RunError> {
+    let requests = storage::requests::snapshot();
     let mut plugins = plugins::from_config(config);
     plugins.extend(extra);
     let plugins = plugins.as_mut_slice();
@@ -96,7 +98,8 @@ pub async fn run(
     let what = if training { "Training" } else { "Checkpointing" };
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
     report::save_config(config, &options.overrides, &options.source_name, comm.rank())?;
-    plugins::call(plugins, Hook::Initialize(plan), comm).await?;
+    let display = Display::new(options.progress);
+    plugins::call(plugins, Hook::Initialize(plan), comm, &display).await?;
     // DLIO's barrier at the end of its initialization: every rank has listed the dataset before any trains.
     if let Err(e) = comm.barrier() {
         if !e.interrupted {
@@ -110,7 +113,7 @@ pub async fn run(
             console.warn(&warning);
         }
     }
-    let mut run = Loop::new(config, plan, options, comm, console);
+    let mut run = Loop::new(config, plan, options, comm, console, display);
     let mut result = match &train {
         Some(train) => {
             run.console.out(&format!(
@@ -132,7 +135,7 @@ pub async fn run(
     {
         result = Ok(());
     }
-    let finalized = plugins::call(plugins, Hook::Finalize, comm).await;
+    let finalized = plugins::call(plugins, Hook::Finalize, comm, &run.display).await;
     if let (Ok(()), Err(e)) = (&result, finalized) {
         result = Err(e.into());
     }
@@ -146,6 +149,7 @@ pub async fn run(
         interrupted: options.cancel.is_cancelled(),
         step_thread_class,
         drop_caches: run.drops,
+        request_errors: storage::requests::since(&requests),
     };
     Ok(report::finish(config, plan, comm, &run.console, &record)?)
 }
@@ -304,6 +308,8 @@ struct Loop<'a> {
     epochs: Vec<EpochRecord>,
     latency: StageLatencies,
     progress: Arc<Progress>,
+    /// Where the training bar draws, and the plugins' bars below it.
+    display: Display,
     /// `workflow.drop_caches`: the drops so far.
     drops: Option<DropCachesRecord>,
 }
@@ -318,12 +324,17 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(shown: bool, steps: u64) -> Self {
+    /// The training bar, when the run trains (a checkpoint-only run draws only its checkpoints' bars).
+    fn new(display: &Display, training: bool, steps: u64) -> Self {
         Self {
             steps: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            bar: crate::progress::bar(shown, steps, crate::progress::TRAINING),
+            bar: if training {
+                display.bar(steps, crate::progress::TRAINING)
+            } else {
+                indicatif::ProgressBar::hidden()
+            },
         }
     }
 }
@@ -428,6 +439,7 @@ impl<'a> Loop<'a> {
         options: &'a RunOptions,
         comm: &'a dyn Communicator,
         console: Console,
+        display: Display,
     ) -> Self {
         Self {
             config,
@@ -439,7 +451,8 @@ impl<'a> Loop<'a> {
             start: Local::now(),
             epochs: Vec::new(),
             latency: StageLatencies::default(),
-            progress: Arc::new(Progress::new(options.progress, plan.train.steps_per_epoch)),
+            progress: Arc::new(Progress::new(&display, config.workflow.train, plan.train.steps_per_epoch)),
+            display,
             drops: None,
         }
     }
@@ -507,7 +520,7 @@ impl<'a> Loop<'a> {
             if self.options.cancel.is_cancelled() {
                 return Ok(());
             }
-            plugins::call(plugins, Hook::BeforeEpoch(epoch), self.comm).await?;
+            plugins::call(plugins, Hook::BeforeEpoch(epoch), self.comm, &self.display).await?;
             if self.config.workflow.drop_caches {
                 self.drop_caches(train)?;
             }
@@ -549,7 +562,7 @@ impl<'a> Loop<'a> {
             drop(pipeline);
             // DLIO's barriers around the end of an epoch's training and its epoch checkpoint.
             self.barrier()?;
-            let saved = plugins::call(plugins, Hook::AfterEpoch(epoch), self.comm).await?;
+            let saved = plugins::call(plugins, Hook::AfterEpoch(epoch), self.comm, &self.display).await?;
             self.barrier()?;
             self.add_checkpoints(&mut checkpoints, blocks.len(), saved);
             let weights = |f: fn(&BlockRecord) -> f64| blocks.iter().map(|b| (f(b), b.steps.len())).collect::<Vec<_>>();
@@ -623,7 +636,7 @@ impl<'a> Loop<'a> {
     /// The checkpoint-only workflow: the plugins' write and read loops, reported as epoch 1's checkpoints.
     async fn checkpoint_only(&mut self, plugins: &mut [Box<dyn Plugin>]) -> Result<(), RunError> {
         let (start, started) = (Local::now(), Instant::now());
-        let records = plugins::call(plugins, Hook::CheckpointOnly, self.comm).await?;
+        let records = plugins::call(plugins, Hook::CheckpointOnly, self.comm, &self.display).await?;
         let mut checkpoints = Vec::new();
         let (mut saves, mut loads) = (0, 0);
         for r in records {
@@ -716,7 +729,7 @@ impl<'a> Loop<'a> {
             self.latency.record(2, t.decode);
         }
         if training {
-            plugins::call(plugins, Hook::BeforeStep(at), self.comm).await?;
+            plugins::call(plugins, Hook::BeforeStep(at), self.comm, &self.display).await?;
         }
         let seconds = draw(&compute, &mut self.rng);
         let t_compute = Instant::now();
@@ -744,7 +757,11 @@ impl<'a> Loop<'a> {
         if training {
             self.latency.record(5, t3 - t2);
         }
-        let saved = if training { plugins::call(plugins, Hook::AfterStep(at), self.comm).await? } else { Vec::new() };
+        let saved = if training {
+            plugins::call(plugins, Hook::AfterStep(at), self.comm, &self.display).await?
+        } else {
+            Vec::new()
+        };
         self.progress.steps.fetch_add(1, Ordering::Relaxed);
         self.progress.samples.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
         self.progress.bytes.fetch_add(batch.bytes_read, Ordering::Relaxed);

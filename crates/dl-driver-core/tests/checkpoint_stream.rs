@@ -4,6 +4,7 @@
 use dl_driver_core::checkpoint::stream::{read_file, write_file, WriteOptions, CHUNK};
 use dl_driver_core::metrics::Latency;
 use dl_driver_core::storage::{open, BufferPool, StorageOptions};
+use indicatif::ProgressBar;
 
 fn scratch(name: &str) -> std::path::PathBuf {
     // CARGO_TARGET_TMPDIR is on the build disk, not tmpfs (which refuses O_DIRECT).
@@ -15,7 +16,7 @@ fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 fn options(zstd_level: Option<i32>) -> WriteOptions {
-    WriteOptions { zstd_level, randomize: true, fsync: true, seed: 7 }
+    WriteOptions { zstd_level, randomize: true, fsync: true, seed: 7, progress: ProgressBar::hidden() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,11 +29,15 @@ async fn local_files_round_trip_with_and_without_zstd() {
             let key = format!("{scheme}-{level:?}.pt");
             let size = (5 << 20) + 333;
             let mut latency = Latency::default();
-            let entry = write_file(&store, &key, 0, size, options(level), &pool, &mut latency).await.unwrap();
+            let written = options(level);
+            let entry = write_file(&store, &key, 0, size, written.clone(), &pool, &mut latency).await.unwrap();
             assert_eq!(entry.bytes, size);
+            assert_eq!(written.progress.position(), size, "{key}: the bar counts the tensor bytes");
             assert_eq!(std::fs::metadata(dir.join(&key)).unwrap().len(), entry.stored_bytes, "{key}: no padding");
             assert!(latency.summary().count >= 1, "{key}: chunk writes are timed");
-            assert_eq!(read_file(&store, &key, &entry, level.is_some()).await.unwrap(), entry.stored_bytes);
+            let read = ProgressBar::hidden();
+            assert_eq!(read_file(&store, &key, &entry, level.is_some(), &read).await.unwrap(), entry.stored_bytes);
+            assert_eq!(read.position(), entry.stored_bytes, "{key}: the bar counts the stored bytes read");
         }
     }
     std::fs::remove_dir_all(dir).unwrap();

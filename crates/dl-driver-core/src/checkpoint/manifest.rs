@@ -116,8 +116,9 @@ fn parse_name(name: &str) -> (u64, u64) {
 pub async fn verify(store: &Store, name: &str) -> Result<u64, CheckpointError> {
     let manifest = read(store, name).await?;
     let mut total = 0;
+    let unshown = indicatif::ProgressBar::hidden();
     for entry in &manifest.files {
-        total += read_file(store, &format!("{name}/{}", entry.name), entry, manifest.compressed()).await?;
+        total += read_file(store, &format!("{name}/{}", entry.name), entry, manifest.compressed(), &unshown).await?;
     }
     Ok(total)
 }

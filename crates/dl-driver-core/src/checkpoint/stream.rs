@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Latency;
@@ -33,7 +34,7 @@ pub enum CheckpointError {
 }
 
 /// How to write a checkpoint's files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WriteOptions {
     /// zstd level, or `None` for no compression.
     pub zstd_level: Option<i32>,
@@ -41,6 +42,8 @@ pub struct WriteOptions {
     pub fsync: bool,
     /// Seeds the tensor bytes.
     pub seed: u64,
+    /// Advanced by the tensor bytes produced (before compression).
+    pub progress: ProgressBar,
 }
 
 /// One written file, as the manifest records it.
@@ -82,7 +85,7 @@ impl Sink for Checksummed<'_> {
 
 /// Produces `bytes` tensor bytes (compressed when asked) into `sink`; returns the CRC-32C and size of what it
 /// stored.
-fn produce(bytes: u64, options: WriteOptions, sink: &mut dyn Sink) -> io::Result<(u32, u64)> {
+fn produce(bytes: u64, options: &WriteOptions, sink: &mut dyn Sink) -> io::Result<(u32, u64)> {
     let mut sink = Checksummed { sink, crc: 0, stored: 0 };
     let mut data = SampleBytes::new(options.seed, 1.0, 1.0);
     let mut fill = |buf: &mut [u8]| {
@@ -91,6 +94,7 @@ fn produce(bytes: u64, options: WriteOptions, sink: &mut dyn Sink) -> io::Result
         } else {
             buf.fill(0);
         }
+        options.progress.inc(buf.len() as u64);
     };
     let Some(level) = options.zstd_level else {
         sink.fill(bytes, &mut fill)?;
@@ -129,7 +133,7 @@ pub async fn write_file(
     let (crc, stored) = if let Some(local) = store.local() {
         let owned_key = key.to_string();
         let (crc, stored, latency) =
-            tokio::task::spawn_blocking(move || write_local(&local, &owned_key, bytes, options))
+            tokio::task::spawn_blocking(move || write_local(&local, &owned_key, bytes, &options))
                 .await
                 .map_err(|e| CheckpointError::Invalid(format!("{key}: the tensor producer failed: {e}")))??;
         part_latency.add(&latency);
@@ -158,7 +162,7 @@ fn write_local(
     local: &LocalFiles,
     key: &str,
     bytes: u64,
-    options: WriteOptions,
+    options: &WriteOptions,
 ) -> Result<(u32, u64, Latency), CheckpointError> {
     let mut writer = local.file_writer(key)?;
     if options.zstd_level.is_none() {
@@ -200,7 +204,7 @@ async fn upload(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let mut sink = ChannelSink::new(tx, Arc::clone(pool));
     let production = tokio::task::spawn_blocking(move || {
-        let produced = produce(bytes, options, &mut sink)?;
+        let produced = produce(bytes, &options, &mut sink)?;
         sink.flush()?;
         Ok::<_, io::Error>(produced)
     });
@@ -294,13 +298,20 @@ impl Verifier {
     }
 }
 
-/// Reads a checkpoint file back and verifies it against its manifest entry; returns the stored bytes read. Local
-/// files are read in large sequential reads into one reused buffer on a blocking thread; objects are streamed.
-pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: bool) -> Result<u64, CheckpointError> {
+/// Reads a checkpoint file back and verifies it against its manifest entry, advancing `progress` by the stored
+/// bytes read; returns their count. Local files are read in large sequential reads into one reused buffer on a
+/// blocking thread; objects are streamed.
+pub async fn read_file(
+    store: &Store,
+    key: &str,
+    entry: &FileEntry,
+    compressed: bool,
+    progress: &ProgressBar,
+) -> Result<u64, CheckpointError> {
     let mut verifier = Verifier::new(store.uri().join(key).to_string(), compressed)?;
     if let Some(local) = store.local() {
         let size = store.head(key).await?.size;
-        let (owned_key, entry) = (key.to_string(), entry.clone());
+        let (owned_key, entry, progress) = (key.to_string(), entry.clone(), progress.clone());
         return tokio::task::spawn_blocking(move || {
             let mut buf = AlignedBuf::with_capacity(CHUNK);
             let mut at = 0;
@@ -308,6 +319,7 @@ pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: 
                 let end = size.min(at + CHUNK as u64);
                 let fetched = local.fetch(&owned_key, Some(at..end), buf, None)?;
                 verifier.feed(&fetched.buf.as_slice()[fetched.skip..]);
+                progress.inc(end - at);
                 buf = fetched.buf;
                 at = end;
             }
@@ -318,7 +330,9 @@ pub async fn read_file(store: &Store, key: &str, entry: &FileEntry, compressed: 
     }
     let mut stream = store.get_stream(key).await?;
     while let Some(chunk) = stream.next().await {
-        verifier.feed(&chunk?);
+        let chunk = chunk?;
+        verifier.feed(&chunk);
+        progress.inc(chunk.len() as u64);
     }
     verifier.finish(entry)
 }

@@ -82,7 +82,7 @@ pub async fn generate(config: &Config, options: &GenerateOptions) -> Result<Gene
     let total_files = todo.len() as u64;
     let progress = Arc::new(Progress::default());
     let pool = BufferPool::new(HANDOFF);
-    let bar = crate::progress::bar(options.progress, total_files, crate::progress::GENERATION);
+    let bar = crate::progress::Display::new(options.progress).bar(total_files, crate::progress::GENERATION);
     let ticker = options.progress.then(|| tokio::spawn(Progress::tick(Arc::clone(&progress), bar.clone())));
     let config = Arc::new(config.clone());
     // After a failure no new file starts, but the files in progress run to their end (complete, or aborted with

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Local;
+use indicatif::ProgressBar;
 
 use super::{CheckpointRecord, HookContext, Plugin, PluginError, StepPoint};
 use crate::checkpoint::manifest::{self, Manifest};
@@ -18,6 +19,7 @@ use crate::checkpoint::stream::{self, CheckpointError, FileEntry, WriteOptions, 
 use crate::config::{CheckpointCompression, Config};
 use crate::metrics::Latency;
 use crate::plan::{CheckpointPlan, Plan};
+use crate::progress;
 use crate::records::timestamp;
 use crate::sink::data::mix;
 use crate::storage::{self, BufferPool, StorageOptions, Store};
@@ -51,13 +53,14 @@ impl CheckpointPlugin {
             .ok_or_else(|| PluginError::Config("the checkpoint plugin was used before initialize".into()))
     }
 
-    fn options(&self, seed: u64) -> WriteOptions {
+    fn options(&self, seed: u64, progress: &ProgressBar) -> WriteOptions {
         let k = &self.config.checkpoint;
         WriteOptions {
             zstd_level: (k.compression == CheckpointCompression::Zstd).then_some(k.compression_level),
             randomize: k.randomize_tensor,
             fsync: k.fsync,
             seed,
+            progress: progress.clone(),
         }
     }
 
@@ -68,6 +71,8 @@ impl CheckpointPlugin {
         let files = rank_files(&self.config, world, rank)
             .map_err(|(path, why)| PluginError::Config(format!("{path}: {why}")))?;
         let (start, started) = (Local::now(), Instant::now());
+        let bar = ctx.progress.bar(files.iter().map(|f| f.bytes).sum(), progress::CHECKPOINT);
+        bar.set_prefix(format!("saving {name}"));
         let mut part_latency = Latency::default();
         let mut entries = Vec::with_capacity(files.len());
         for (i, file) in files.iter().enumerate() {
@@ -78,13 +83,14 @@ impl CheckpointPlugin {
                 &key,
                 rank,
                 file.bytes,
-                self.options(seed),
+                self.options(seed, &bar),
                 &self.pool,
                 &mut part_latency,
             )
             .await?;
             entries.push(entry);
         }
+        bar.finish_and_clear();
         let own = started.elapsed().as_secs_f64();
         // The manifest is written once every rank's files are complete; a rank that fails before this barrier
         // leaves the checkpoint without one (incomplete to every reader).
@@ -143,11 +149,16 @@ impl CheckpointPlugin {
         let store = self.store()?;
         let m = manifest::read(store, name).await?;
         let (mut bytes, mut stored, mut files) = (0, 0, 0);
-        for entry in m.files.iter().filter(|f| f.rank == rank) {
-            stored += stream::read_file(store, &format!("{name}/{}", entry.name), entry, m.compressed()).await?;
+        let mine = || m.files.iter().filter(|f| f.rank == rank);
+        let bar = ctx.progress.bar(mine().map(|f| f.stored_bytes).sum(), progress::CHECKPOINT);
+        bar.set_prefix(format!("loading {name}"));
+        for entry in mine() {
+            let key = format!("{name}/{}", entry.name);
+            stored += stream::read_file(store, &key, entry, m.compressed(), &bar).await?;
             bytes += entry.bytes;
             files += 1;
         }
+        bar.finish_and_clear();
         let own = started.elapsed().as_secs_f64();
         ctx.comm.barrier()?;
         ctx.checkpoints.push(CheckpointRecord {

@@ -11,6 +11,7 @@ use crate::checkpoint::stream::CheckpointError;
 use crate::comm::{CommError, Communicator};
 use crate::config::Config;
 use crate::plan::Plan;
+use crate::progress::Display;
 pub use crate::records::CheckpointRecord;
 use crate::storage::StorageError;
 
@@ -45,6 +46,8 @@ pub struct StepPoint {
 /// What a hook may use and report.
 pub struct HookContext<'a> {
     pub comm: &'a dyn Communicator,
+    /// Where a hook draws a progress bar of its own (hidden unless the run shows progress).
+    pub progress: &'a Display,
     /// Checkpoints the hook saved or loaded, in order.
     pub checkpoints: Vec<CheckpointRecord>,
 }
@@ -119,8 +122,9 @@ pub async fn call(
     plugins: &mut [Box<dyn Plugin>],
     hook: Hook<'_>,
     comm: &dyn Communicator,
+    progress: &Display,
 ) -> Result<Vec<CheckpointRecord>, HookError> {
-    let mut ctx = HookContext { comm, checkpoints: Vec::new() };
+    let mut ctx = HookContext { comm, progress, checkpoints: Vec::new() };
     for p in plugins.iter_mut() {
         let result = match hook {
             Hook::Initialize(plan) => p.initialize(plan, &mut ctx).await,

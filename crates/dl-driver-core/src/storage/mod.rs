@@ -7,6 +7,7 @@ mod buffer;
 mod error;
 mod local;
 mod options;
+pub mod requests;
 
 use std::io;
 use std::ops::Range;
@@ -117,7 +118,10 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
             (memory(), None, key_path(&shown, &uri.path)?)
         }
         Scheme::S3 => {
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(&uri.bucket)
+                .with_retry(settings.retry.clone())
+                .with_http_connector(requests::CountingConnector);
             let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
             for (key, value) in backend_options(options) {
                 // DLIO's `s3_force_path_style: true` means path-style requests (object_store's default); `false`
@@ -148,8 +152,10 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
             (Arc::new(b.build().map_err(|e| build_error(&e))?), None, key_path(&shown, &uri.path)?)
         }
         Scheme::Az => {
-            let mut b =
-                MicrosoftAzureBuilder::from_env().with_container_name(&uri.bucket).with_retry(settings.retry.clone());
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_container_name(&uri.bucket)
+                .with_retry(settings.retry.clone())
+                .with_http_connector(requests::CountingConnector);
             let env_source =
                 |names: &[&str]| names.iter().find(|n| std::env::var_os(n).is_some()).map(ToString::to_string);
             let mut endpoint_source = env_source(&["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"]);
@@ -182,8 +188,10 @@ pub fn open(location: &str, options: &StorageOptions) -> Result<Store, StorageEr
             (Arc::new(b.build().map_err(|e| build_error(&e))?), None, key_path(&shown, &uri.path)?)
         }
         Scheme::Gs => {
-            let mut b =
-                GoogleCloudStorageBuilder::from_env().with_bucket_name(&uri.bucket).with_retry(settings.retry.clone());
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&uri.bucket)
+                .with_retry(settings.retry.clone())
+                .with_http_connector(requests::CountingConnector);
             for (key, value) in backend_options(options) {
                 let parsed: GoogleConfigKey = key.parse().map_err(|_| unknown_option(&shown, key))?;
                 b = b.with_config(parsed, value);
