@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -184,7 +185,7 @@ def test_progress_shows_rate_eta_and_a_line_per_epoch_on_a_terminal_and_nothing_
             "++workload.workflow.checkpoint=True", f"++workload.checkpoint.checkpoint_folder={tmp_path / 'c'}",
             "++workload.checkpoint.steps_between_checkpoints=16", "++workload.model.model_size_bytes=33554432"]
     leader, follower = pty.openpty()
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, cwd=tmp_path)
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, cwd=tmp_path)
     os.close(follower)
     shown = b""
     while True:  # read as it is drawn, so a full terminal buffer never blocks the run
@@ -205,6 +206,10 @@ def test_progress_shows_rate_eta_and_a_line_per_epoch_on_a_terminal_and_nothing_
     # A checkpoint's bar, its bytes of the checkpoint's total, and the line it leaves.
     assert "saving global_epoch1_step16 [" in text and "/32.00 MiB" in text
     assert "checkpoint save global_epoch1_step16: " in text
+    # DLIO's console lines on the same terminal print with the bars cleared: each starts a line of its own (before,
+    # they followed a bar's text on its line).
+    outputs = [m.start() for m in re.finditer(re.escape("[OUTPUT]"), text)]
+    assert outputs and all(re.search(r"(^|[\r\n]|\x1b\[[0-9;]*[A-Za-z])$", text[:at]) for at in outputs), text[-3000:]
     piped = cli("run", *args[2:5], f"++workload.output.folder={tmp_path / 'p'}", "++workload.train.computation_time=0.01",
                 *args[7:])
     assert piped.returncode == 0 and "ETA" not in piped.stderr and "epoch 1: " not in piped.stderr

@@ -27,6 +27,15 @@ impl Display {
         bar.set_style(ProgressStyle::with_template(template).expect("the templates are valid").progress_chars("=> "));
         bar
     }
+
+    /// Runs `print` with the bars cleared and draws them again after, so lines printed to the same terminal (stdout
+    /// too) stay whole.
+    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+        match &self.0 {
+            Some(multi) => multi.suspend(print),
+            None => print(),
+        }
+    }
 }
 
 /// Generation: files written of the total, MiB and MiB/s in the message.

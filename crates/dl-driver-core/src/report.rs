@@ -20,6 +20,7 @@ use crate::comm::{CommError, Communicator};
 use crate::config::Config;
 use crate::metrics::{across_ranks, mean_stdev, LatencySummary, StageLatencies};
 use crate::plan::Plan;
+use crate::progress::Display;
 pub use crate::records::timestamp;
 use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
 
@@ -28,6 +29,8 @@ use crate::records::{BlockRecord, CheckpointRecord, EpochRecord, RankRecord};
 pub struct Console {
     log: Option<Mutex<fs::File>>,
     print: bool,
+    /// The run's bars, cleared while a line prints.
+    display: Display,
 }
 
 /// Why the run files or the cross-rank results could not be made.
@@ -49,11 +52,17 @@ impl Console {
         let folder = PathBuf::from(&config.output.folder);
         fs::create_dir_all(&folder).map_err(|e| output_error(&folder, &e))?;
         if rank != 0 {
-            return Ok(Self { log: None, print: false });
+            return Ok(Self { log: None, print: false, display: Display::default() });
         }
         let path = folder.join(&config.output.log_file);
         let file = fs::File::create(&path).map_err(|e| output_error(&path, &e))?;
-        Ok(Self { log: Some(Mutex::new(file)), print })
+        Ok(Self { log: Some(Mutex::new(file)), print, display: Display::default() })
+    }
+
+    /// Prints its lines around `display`'s bars.
+    #[must_use]
+    pub fn around(self, display: Display) -> Self {
+        Self { display, ..self }
     }
 
     /// One `[OUTPUT]` line with a timestamp.
@@ -65,7 +74,7 @@ impl Console {
     pub fn warn(&self, message: &str) {
         let Some(log) = &self.log else { return };
         let text = format!("[WARNING] {} {message}", timestamp(&Local::now()));
-        eprintln!("{text}");
+        self.display.suspend(|| eprintln!("{text}"));
         let _ = writeln!(log.lock().expect("log lock"), "{text}");
     }
 
@@ -73,7 +82,7 @@ impl Console {
     pub fn raw(&self, text: &str) {
         let Some(log) = &self.log else { return };
         if self.print {
-            println!("{text}");
+            self.display.suspend(|| println!("{text}"));
         }
         // The log is best effort: a full disk must not turn a finished measurement into a failure.
         let _ = writeln!(log.lock().expect("log lock"), "{text}");

@@ -94,11 +94,11 @@ pub async fn run(
     let training = config.workflow.train;
     let train = if training { Some(readers(config, plan, Split::Train, false).await?) } else { None };
     let eval = if plan.eval_epochs.count > 0 { Some(readers(config, plan, Split::Valid, false).await?) } else { None };
-    let console = Console::open(config, comm.rank(), options.console)?;
+    let display = Display::new(options.progress);
+    let console = Console::open(config, comm.rank(), options.console)?.around(display.clone());
     let what = if training { "Training" } else { "Checkpointing" };
     console.out(&format!("Running DLIO [{what}] with {} process(es)", comm.size()));
     report::save_config(config, &options.overrides, &options.source_name, comm.rank())?;
-    let display = Display::new(options.progress);
     plugins::call(plugins, Hook::Initialize(plan), comm, &display).await?;
     // DLIO's barrier at the end of its initialization: every rank has listed the dataset before any trains.
     if let Err(e) = comm.barrier() {
