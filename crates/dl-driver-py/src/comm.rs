@@ -43,6 +43,8 @@ pub struct PyComm {
     node: Option<u64>,
     /// How many ranks run on this rank's node, when the backend knows.
     local_size: Option<u64>,
+    /// [`PyComm::realtime`], decided once: the CPU count is a file read (sysconf reads /sys), ~10 us a barrier.
+    realtime: bool,
     timeout: Duration,
     /// The run being measured, whose Ctrl-C gives up a wait.
     cancel: Mutex<Option<Cancel>>,
@@ -58,7 +60,7 @@ impl PyComm {
     /// another's spins) starve every rank's readers: 8 ranks on 2 CPUs trained 20x slower than with normal-class
     /// step threads.
     pub fn realtime(&self) -> bool {
-        self.local_size.is_none_or(|n| n <= dl_driver_core::report::logical_cpus())
+        self.realtime
     }
 
     fn cancelled(&self) -> bool {
@@ -76,17 +78,32 @@ impl PyComm {
     fn wait(&self, operation: &'static str) -> Result<(), CommError> {
         let interrupted = || CommError { operation, message: "interrupted".into(), interrupted: true };
         let (channel, cancellable) = if operation == "barrier" { ("barrier", true) } else { ("gather", false) };
-        let request =
-            Python::attach(|py| self.backend.bind(py).call_method1("ibarrier", (channel,)).map(Bound::unbind))
-                .map_err(|e| Python::attach(|py| CommError::failed(operation, message(py, &e))))?;
+        // The request's bound `test`, looked up once.
+        let test = Python::attach(|py| {
+            let request = self.backend.bind(py).call_method1("ibarrier", (channel,))?;
+            request.getattr("test").map(Bound::unbind)
+        })
+        .map_err(|e| Python::attach(|py| CommError::failed(operation, message(py, &e))))?;
         let start = Instant::now();
         let polling = if self.realtime() { ONE_CPU_PER_RANK } else { OVERSUBSCRIBED };
+        let spin_until = start + polling.spin;
         let mut poll = polling.first;
         loop {
-            let done = Python::attach(|py| {
-                // Runs the signal handlers when the caller is Python's main thread (a barrier called from Python).
-                py.check_signals()?;
-                request.bind(py).call_method0("test")?.extract::<bool>()
+            // The spin polls inside one attachment to the interpreter (attaching and detaching per poll cost more
+            // than the poll); after it, one poll per wake.
+            let done = Python::attach(|py| -> PyResult<bool> {
+                let test = test.bind(py);
+                loop {
+                    // Runs the signal handlers when the caller is Python's main thread (a barrier called from Python).
+                    py.check_signals()?;
+                    if test.call0()?.extract::<bool>()? {
+                        return Ok(true);
+                    }
+                    if Instant::now() >= spin_until {
+                        return Ok(false);
+                    }
+                    std::hint::spin_loop();
+                }
             });
             match done {
                 Ok(true) => return Ok(()),
@@ -112,12 +129,8 @@ impl PyComm {
                     ),
                 ));
             }
-            if waited < polling.spin {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(poll);
-                poll = (poll * 2).min(polling.most);
-            }
+            std::thread::sleep(poll);
+            poll = (poll * 2).min(polling.most);
         }
     }
 }
@@ -183,8 +196,17 @@ impl Comm {
                 "distributed.timeout_seconds is {timeout_seconds}: expected a number of seconds > 0"
             ))
         })?;
-        let inner =
-            PyComm { backend: backend.unbind(), rank, size, node, local_size, timeout, cancel: Mutex::new(None) };
+        let realtime = local_size.is_none_or(|n| n <= dl_driver_core::report::logical_cpus());
+        let inner = PyComm {
+            backend: backend.unbind(),
+            rank,
+            size,
+            node,
+            local_size,
+            realtime,
+            timeout,
+            cancel: Mutex::new(None),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
