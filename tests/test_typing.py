@@ -169,8 +169,26 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("Batches.__iter__", iter(epoch))
     batch = check("Batches.__next__", next(epoch))
     assert isinstance(batch, _core.PyBatch) and batch.samples and batch.spans
-    for field in ("samples", "spans", "data", "bytes_read"):
+    for field in ("step", "samples", "spans", "data", "bytes_read"):
         check(f"PyBatch.{field}", getattr(batch, field))
+
+    state = str(tmp_path / "state")
+    writer = check("StateWriter.__new__", _core.StateWriter(state, "s/rank0-a.bin", 0, 3))
+    assert isinstance(writer, _core.StateWriter)
+    check("StateWriter.write", writer.write(b"0123456789"))
+    entry = check("StateWriter.finish", writer.finish())
+    assert isinstance(entry, str)
+    manifest = {"format": "dl-driver-checkpoint/1", "name": "s", "epoch": 1, "step": 1, "world_size": 1,
+                "compression": "zstd", "compression_level": 3, "started": "", "finished": "", "total_bytes": 10,
+                "stored_bytes": json.loads(entry)["stored_bytes"], "files": [json.loads(entry)]}
+    check("checkpoint_write_manifest", _core.checkpoint_write_manifest(state, json.dumps(manifest)))
+    check("checkpoint_read_manifest", _core.checkpoint_read_manifest(state, "s"))
+    reader = check("StateReader.__new__", _core.StateReader(state, "s/rank0-a.bin", entry, True))
+    assert isinstance(reader, _core.StateReader)
+    back = bytearray(10)
+    check("StateReader.readinto", reader.readinto(back))
+    check("StateReader.finish", reader.finish())
+    assert back == b"0123456789"
 
     store = check("Store.__new__", _core.Store("memory://typing", {"max_in_flight": "2"}))
     assert isinstance(store, _core.Store)

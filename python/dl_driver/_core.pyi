@@ -9,6 +9,8 @@ through. The classes cannot be subclassed (``@final``), and those without a cons
 import builtins
 from typing import ClassVar, Self, final
 
+from typing_extensions import Buffer as BytesLike
+
 __all__ = [
     "FREE_FORM_KEYS",
     "Batches",
@@ -21,13 +23,17 @@ __all__ = [
     "LoadResult",
     "ObjectInfo",
     "PyBatch",
+    "StateReader",
+    "StateWriter",
     "StorageError",
     "Store",
     "__version__",
     "builtin_workloads",
     "checkpoint_delete",
     "checkpoint_list",
+    "checkpoint_read_manifest",
     "checkpoint_verify",
+    "checkpoint_write_manifest",
     "config_yaml",
     "generate",
     "is_secret_key",
@@ -152,6 +158,41 @@ class Comm:
     def fail(self, message: str) -> None:
         """Tells the other ranks this one failed (MPI), without blocking."""
 
+def checkpoint_write_manifest(uri: str, manifest_json: str, options: dict[str, str] | None = None) -> None:
+    """Writes a checkpoint's manifest (JSON, as ``checkpoint_read_manifest`` returns it): what makes it complete."""
+
+def checkpoint_read_manifest(uri: str, name: str, options: dict[str, str] | None = None) -> str:
+    """The manifest of checkpoint ``name`` under ``uri``, as JSON."""
+
+@final
+class StateWriter:
+    """One checkpoint file written from buffers (zstd when asked, CRC-32C of what is stored)."""
+
+    def __new__(
+        cls,
+        uri: str,
+        key: str,
+        rank: int = 0,
+        zstd_level: int | None = None,
+        options: dict[str, str] | None = None,
+    ) -> Self: ...
+    def write(self, data: BytesLike) -> None:
+        """Appends the bytes of ``data`` (any buffer of bytes)."""
+    def finish(self) -> str:
+        """Completes the file; returns its manifest entry as JSON."""
+
+@final
+class StateReader:
+    """One checkpoint file read back into buffers and checked against its manifest entry."""
+
+    def __new__(
+        cls, uri: str, key: str, entry_json: str, compressed: bool, options: dict[str, str] | None = None
+    ) -> Self: ...
+    def readinto(self, buffer: BytesLike) -> int:
+        """Fills ``buffer`` with the file's next bytes; a file that ends first is an error."""
+    def finish(self) -> None:
+        """Reads what is left and checks the file against its manifest entry."""
+
 def checkpoint_list(uri: str, options: dict[str, str] | None = None) -> str:
     """The checkpoints under ``uri`` as JSON: ``[{name, complete, objects, stored_bytes}]``."""
 
@@ -174,8 +215,11 @@ class Buffer:
 
 @final
 class PyBatch:
-    """One batch: the sample ids, and their bytes back to back (sample ``i`` at ``spans[i]``)."""
+    """One batch: its step in the rank's epoch, the sample ids, and their bytes back to back (sample ``i`` at
+    ``spans[i]``)."""
 
+    @property
+    def step(self) -> int: ...
     @property
     def samples(self) -> list[int]: ...
     @property
@@ -190,7 +234,15 @@ class Batches:
     """An epoch of one phase read through the pipeline, batch by batch."""
 
     def __new__(
-        cls, config_json: str, split: str = "train", epoch: int = 1, rank: int = 0, world_size: int = 1
+        cls,
+        config_json: str,
+        split: str = "train",
+        epoch: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        worker: int = 0,
+        workers: int = 1,
+        start: int = 0,
     ) -> Self: ...
     def __iter__(self) -> Self: ...
     def __next__(self) -> PyBatch: ...

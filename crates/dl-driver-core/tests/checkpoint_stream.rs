@@ -58,3 +58,44 @@ async fn a_failing_local_write_is_an_error_not_a_hang() {
     assert!(!dir.join("shard.pt").exists(), "nothing appears under the file's name");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_state_round_trips_in_pieces_and_a_flipped_byte_fails() {
+    use dl_driver_core::checkpoint::state::{StateReader, StateWriter};
+    let store = open("memory://state-round-trip", &StorageOptions::new()).unwrap();
+    let data: Vec<u8> = (0..(3 << 20) + 77).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for level in [None, Some(3)] {
+        let key = format!("s{level:?}/rank0-tensors.bin");
+        let mut writer = StateWriter::create(&store, &key, 0, level).await.unwrap();
+        for piece in data.chunks(1_000_003) {
+            writer.write(bytes::Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        let entry = writer.finish().await.unwrap();
+        assert_eq!((entry.bytes, entry.name.as_str()), (data.len() as u64, "rank0-tensors.bin"));
+        let mut reader = StateReader::open(&store, &key, &entry, level.is_some()).await.unwrap();
+        let mut back = vec![0u8; data.len()];
+        let mut at = 0;
+        for size in [1, 4095, 1 << 20, 7].iter().cycle() {
+            let end = (at + size).min(back.len());
+            assert_eq!(reader.read(&mut back[at..end]).await.unwrap(), end - at);
+            at = end;
+            if at == back.len() {
+                break;
+            }
+        }
+        assert!(back == data, "{key}: the bytes come back as written");
+        reader.finish().await.unwrap();
+        // One flipped bit in the stored object: the checksum (or zstd) says so.
+        let mut stored = store.get(&key).await.unwrap().to_vec();
+        let middle = stored.len() / 2;
+        stored[middle] ^= 0x10;
+        store.put(&key, stored.into()).await.unwrap();
+        let mut reader = StateReader::open(&store, &key, &entry, level.is_some()).await.unwrap();
+        let mut sink = vec![0u8; data.len()];
+        let failed = match reader.read(&mut sink).await {
+            Err(e) => e.to_string(),
+            Ok(_) => reader.finish().await.unwrap_err().to_string(),
+        };
+        assert!(failed.contains("checksum mismatch") || failed.contains("zstd"), "{key}: {failed}");
+    }
+}

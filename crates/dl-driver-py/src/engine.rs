@@ -132,9 +132,11 @@ pub fn run_benchmark(
     Ok((report.summary.to_string(), report.details.to_string(), report.interrupted))
 }
 
-/// One batch handed to Python: the sample ids, and their bytes back to back (sample i at `spans[i]`).
+/// One batch handed to Python: its step in the rank's epoch, the sample ids, and their bytes back to back (sample i
+/// at `spans[i]`).
 #[pyclass(frozen, get_all, module = "dl_driver._core")]
 pub struct PyBatch {
+    step: u64,
     samples: Vec<u64>,
     spans: Vec<(usize, usize)>,
     data: Py<Buffer>,
@@ -145,16 +147,34 @@ pub struct PyBatch {
 #[pyclass(module = "dl_driver._core")]
 pub struct Batches {
     pipeline: Option<Pipeline>,
+    /// The steps still to come, in order.
+    steps: std::collections::VecDeque<u64>,
     /// The last `__next__` failed (an error or Ctrl-C): the epoch cannot go on.
     failed: bool,
 }
 
 #[pymethods]
 impl Batches {
+    /// The rank's steps `start..` of the epoch whose index is `worker` modulo `workers` (a DataLoader worker's
+    /// share: the workers' shares are disjoint and together the rank's epoch).
     #[new]
-    #[pyo3(signature = (config_json, split = "train", epoch = 1, rank = 0, world_size = 1))]
-    fn new(py: Python<'_>, config_json: &str, split: &str, epoch: u64, rank: u64, world_size: u64) -> Result<Self> {
+    #[pyo3(signature = (config_json, split = "train", epoch = 1, rank = 0, world_size = 1, worker = 0, workers = 1, start = 0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        config_json: &str,
+        split: &str,
+        epoch: u64,
+        rank: u64,
+        world_size: u64,
+        worker: u64,
+        workers: u64,
+        start: u64,
+    ) -> Result<Self> {
         check_rank(rank, world_size)?;
+        if workers == 0 || worker >= workers {
+            return Err(Error::config(format!("worker {worker} of {workers}: expected 0 <= worker < workers")));
+        }
         let split = match split {
             "train" => Split::Train,
             "valid" | "eval" => Split::Valid,
@@ -177,12 +197,17 @@ impl Batches {
                 seed_change_epoch: config.train.seed_change_epoch,
             },
         };
+        let steps: std::collections::VecDeque<u64> =
+            (start..phase.steps_per_epoch).filter(|s| s % workers == worker).collect();
+        let order = sampler.epoch(epoch);
+        let shared = steps.iter().flat_map(|s| order.batch(*s, phase.batch_size).iter().copied()).collect();
+        let order = Arc::new(sampler::EpochOrder { samples: shared, ..order });
+        let count = steps.len() as u64;
         let pipeline = runtime::run(py, async move {
             let readers = runner::readers(&config, &plan, split, true).await?;
-            let order = Arc::new(sampler.epoch(epoch));
-            Ok::<_, RunError>(Pipeline::start(&readers, &order, phase.batch_size, phase.steps_per_epoch))
+            Ok::<_, RunError>(Pipeline::start(&readers, &order, phase.batch_size, count))
         })??;
-        Ok(Self { pipeline: Some(pipeline), failed: false })
+        Ok(Self { pipeline: Some(pipeline), steps, failed: false })
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -212,6 +237,7 @@ impl Batches {
         self.pipeline = Some(pipeline);
         let data = batch.data.map_or_else(Bytes::new, Bytes::from_owner);
         Ok(Some(PyBatch {
+            step: self.steps.pop_front().unwrap_or_default(),
             samples: batch.samples,
             spans: batch.spans.iter().map(|r| (r.start, r.end)).collect(),
             data: Py::new(py, Buffer::from(data))?,

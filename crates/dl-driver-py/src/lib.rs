@@ -7,6 +7,7 @@ mod comm;
 mod engine;
 mod error;
 mod runtime;
+mod state;
 mod storage;
 
 use dl_driver_core::config::{self, LoadOptions, Override, Source};
@@ -190,6 +191,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(generate, m)?)?;
     m.add_function(wrap_pyfunction!(engine::run_benchmark, m)?)?;
     m.add_function(wrap_pyfunction!(engine::save_run_config, m)?)?;
+    m.add_function(wrap_pyfunction!(state::checkpoint_write_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(state::checkpoint_read_manifest, m)?)?;
+    m.add_class::<state::StateWriter>()?;
+    m.add_class::<state::StateReader>()?;
     m.add_class::<comm::Comm>()?;
     m.add_class::<engine::Batches>()?;
     m.add_class::<engine::PyBatch>()?;

@@ -1,0 +1,243 @@
+//! Checkpoint files of a real training state: bytes the caller pushes (a model's tensors, straight from their
+//! memory) streamed to storage as they come — optionally zstd-compressed, CRC-32C of the stored bytes — and read
+//! back as a stream into the caller's buffers, the checksum and sizes checked at the end. The manifest written last
+//! ([`super::manifest`]) makes such a checkpoint complete, as it does the emulated ones ([`super::stream`]).
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::stream::{CheckpointError, FileEntry};
+use crate::storage::{StorageError, Store, Writer};
+
+/// Bytes of compressed output gathered before they go to the upload.
+const OUT_CHUNK: usize = 1 << 20;
+
+/// One checkpoint file being written from pushed bytes; [`StateWriter::finish`] completes it, dropping it discards it.
+pub struct StateWriter {
+    writer: Writer,
+    encoder: Option<zstd::stream::raw::Encoder<'static>>,
+    out: Vec<u8>,
+    crc: u32,
+    stored: u64,
+    bytes: u64,
+    rank: u64,
+    name: String,
+    shown: String,
+}
+
+fn zstd_failed(shown: &str, e: &std::io::Error) -> CheckpointError {
+    CheckpointError::Invalid(format!("{shown}: zstd: {e}"))
+}
+
+impl StateWriter {
+    /// Starts the file at `key` (its name in the manifest is the last path segment), zstd at `zstd_level` if given.
+    pub async fn create(store: &Store, key: &str, rank: u64, zstd_level: Option<i32>) -> Result<Self, CheckpointError> {
+        let shown = store.uri().join(key).to_string();
+        let encoder = match zstd_level {
+            Some(level) => {
+                let mut e = zstd::stream::raw::Encoder::new(level).map_err(|e| zstd_failed(&shown, &e))?;
+                e.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                    .map_err(|e| zstd_failed(&shown, &e))?;
+                Some(e)
+            }
+            None => None,
+        };
+        Ok(Self {
+            writer: store.writer(key).await?,
+            encoder,
+            out: Vec::with_capacity(if zstd_level.is_some() { OUT_CHUNK } else { 0 }),
+            crc: 0,
+            stored: 0,
+            bytes: 0,
+            rank,
+            name: key.rsplit('/').next().unwrap_or(key).to_string(),
+            shown,
+        })
+    }
+
+    async fn store_bytes(&mut self, data: Bytes) -> Result<(), CheckpointError> {
+        self.crc = crc32c::crc32c_append(self.crc, &data);
+        self.stored += data.len() as u64;
+        self.writer.write(data).await?;
+        Ok(())
+    }
+
+    /// Compresses `input` (or, with `finish`, ends the frame) into `out`, handing full chunks to the upload.
+    async fn compress(&mut self, mut input: &[u8], finish: bool) -> Result<(), CheckpointError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        loop {
+            let encoder = self.encoder.as_mut().expect("compress is called with an encoder");
+            if self.out.capacity() - self.out.len() < OUT_CHUNK / 4 {
+                let full = std::mem::replace(&mut self.out, Vec::with_capacity(OUT_CHUNK));
+                self.store_bytes(Bytes::from(full)).await?;
+                continue;
+            }
+            let start = self.out.len();
+            self.out.resize(self.out.capacity(), 0);
+            let mut output = OutBuffer::around_pos(&mut self.out[..], start);
+            let remaining = if finish {
+                encoder.finish(&mut output, true).map_err(|e| zstd_failed(&self.shown, &e))?
+            } else {
+                let mut inb = InBuffer::around(input);
+                encoder.run(&mut inb, &mut output).map_err(|e| zstd_failed(&self.shown, &e))?;
+                input = &input[inb.pos()..];
+                usize::from(!input.is_empty())
+            };
+            let written = output.pos();
+            self.out.truncate(written);
+            if remaining == 0 && (finish || input.is_empty()) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends `data`.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), CheckpointError> {
+        self.bytes += data.len() as u64;
+        if self.encoder.is_some() {
+            return self.compress(&data, false).await;
+        }
+        self.store_bytes(data).await
+    }
+
+    /// Completes the file: its manifest entry.
+    pub async fn finish(mut self) -> Result<FileEntry, CheckpointError> {
+        if self.encoder.is_some() {
+            self.compress(&[], true).await?;
+            let last = std::mem::take(&mut self.out);
+            if !last.is_empty() {
+                self.store_bytes(Bytes::from(last)).await?;
+            }
+        }
+        let Self { writer, crc, stored, bytes, rank, name, .. } = self;
+        writer.finish().await?;
+        Ok(FileEntry { rank, name, bytes, stored_bytes: stored, crc32c: format!("{crc:08x}") })
+    }
+}
+
+/// One checkpoint file read back into the caller's buffers; [`StateReader::finish`] checks it against its entry.
+pub struct StateReader {
+    stream: BoxStream<'static, Result<Bytes, StorageError>>,
+    decoder: Option<zstd::stream::raw::Decoder<'static>>,
+    /// Bytes ready for the caller, from `at`.
+    ready: Bytes,
+    at: usize,
+    /// Stored bytes not yet decompressed.
+    input: Bytes,
+    crc: u32,
+    stored: u64,
+    original: u64,
+    ended: bool,
+    entry: FileEntry,
+    shown: String,
+}
+
+impl StateReader {
+    pub async fn open(store: &Store, key: &str, entry: &FileEntry, compressed: bool) -> Result<Self, CheckpointError> {
+        let shown = store.uri().join(key).to_string();
+        let decoder = if compressed {
+            Some(zstd::stream::raw::Decoder::new().map_err(|e| zstd_failed(&shown, &e))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            stream: store.get_stream(key).await?.boxed(),
+            decoder,
+            ready: Bytes::new(),
+            at: 0,
+            input: Bytes::new(),
+            crc: 0,
+            stored: 0,
+            original: 0,
+            ended: false,
+            entry: entry.clone(),
+            shown,
+        })
+    }
+
+    /// Makes more bytes ready; false at the end of the file.
+    async fn refill(&mut self) -> Result<bool, CheckpointError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        loop {
+            if self.input.is_empty() && !self.ended {
+                match self.stream.next().await {
+                    Some(chunk) => {
+                        let chunk = chunk?;
+                        self.crc = crc32c::crc32c_append(self.crc, &chunk);
+                        self.stored += chunk.len() as u64;
+                        self.input = chunk;
+                    }
+                    None => self.ended = true,
+                }
+            }
+            let Some(decoder) = self.decoder.as_mut() else {
+                if self.input.is_empty() {
+                    return Ok(false);
+                }
+                self.ready = std::mem::take(&mut self.input);
+                self.at = 0;
+                self.original += self.ready.len() as u64;
+                return Ok(true);
+            };
+            // Run even on empty input: a full output may have left decompressed bytes inside the decoder.
+            let mut out = vec![0u8; OUT_CHUNK];
+            let mut inb = InBuffer::around(&self.input[..]);
+            let mut output = OutBuffer::around(&mut out[..]);
+            decoder.run(&mut inb, &mut output).map_err(|e| {
+                CheckpointError::Corrupt(format!("{}: zstd: {e} (a damaged or truncated file)", self.shown))
+            })?;
+            let (used, made) = (inb.pos(), output.pos());
+            self.input = self.input.slice(used..);
+            if made > 0 {
+                out.truncate(made);
+                self.original += made as u64;
+                self.ready = Bytes::from(out);
+                self.at = 0;
+                return Ok(true);
+            }
+            if self.input.is_empty() && self.ended {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Fills `buf` with the file's next bytes; returns how many (fewer only at the end of the file).
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, CheckpointError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            if self.at == self.ready.len() && !self.refill().await? {
+                break;
+            }
+            let n = (self.ready.len() - self.at).min(buf.len() - filled);
+            buf[filled..filled + n].copy_from_slice(&self.ready[self.at..self.at + n]);
+            self.at += n;
+            filled += n;
+        }
+        Ok(filled)
+    }
+
+    /// Reads what is left and checks the whole file against its manifest entry: stored size and CRC-32C, then the
+    /// original size.
+    pub async fn finish(mut self) -> Result<(), CheckpointError> {
+        let mut rest = 0u64;
+        while self.refill().await? {
+            rest += (self.ready.len() - self.at) as u64;
+            self.at = self.ready.len();
+        }
+        let crc = format!("{:08x}", self.crc);
+        if self.stored != self.entry.stored_bytes || crc != self.entry.crc32c {
+            return Err(CheckpointError::Corrupt(format!(
+                "{}: checksum mismatch: read {} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
+                self.shown, self.stored, self.entry.stored_bytes, self.entry.crc32c
+            )));
+        }
+        if self.original != self.entry.bytes || rest > 0 {
+            return Err(CheckpointError::Corrupt(format!(
+                "{}: holds {} bytes, the manifest says {} ({rest} were left unread)",
+                self.shown, self.original, self.entry.bytes
+            )));
+        }
+        Ok(())
+    }
+}

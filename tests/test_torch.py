@@ -1,0 +1,154 @@
+"""dl_driver.torch: DlioDataset and make_dataloader on the Rust reader — decoded samples as the files hold them,
+zero-copy views, raw bytes, DataLoader workers under fork/spawn/forkserver, ranks x workers disjoint and covering,
+seeded epochs, and a mid-epoch resume that yields exactly the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import dl_driver
+from dl_driver.decode import decode
+
+torch = pytest.importorskip("torch")
+from dl_driver.torch import DlioDataset, make_dataloader  # noqa: E402  (after the extra is known to be there)
+
+
+def workload(tmp_path: Path, fmt: str = "npz", **overrides: Any) -> dl_driver.Config:
+    """12 files of one sample each (a sample is known by its bytes), batch 2, generated."""
+    loader = "tensorflow" if fmt == "tfrecord" else "pytorch"
+    base = {
+        "framework": loader,
+        "workflow": {"generate_data": True, "train": True, "evaluation": False},
+        "dataset": {"format": fmt, "data_folder": str(tmp_path / "data"), "num_files_train": 12, "num_files_eval": 0,
+                    "num_samples_per_file": 1, "record_length_bytes": 4096, "num_subfolders_train": 0},
+        "reader": {"data_loader": loader, "batch_size": 2, "read_threads": 2, "prefetch_size": 3,
+                   "file_shuffle": "seed", "sample_shuffle": "seed"},
+        "train": {"epochs": 1, "computation_time": 0.0, "seed": 11},
+        "output": {"folder": str(tmp_path / "out")},
+    }
+    cfg = dl_driver.load_dlio_config(base, overrides)
+    dl_driver.generate(cfg)
+    return cfg
+
+
+def key(sample: Any) -> str:
+    return hashlib.sha1(sample.numpy().tobytes()).hexdigest()
+
+
+def epoch_keys(cfg: dl_driver.Config, epoch: int = 1, rank: int = 0, world_size: int = 1) -> list[str]:
+    """The epoch's samples (by their bytes) in the order the pipeline reads them for the rank."""
+    return [hashlib.sha1(bytes(memoryview(b.data)[s:e])).hexdigest()
+            for b in dl_driver.batches(cfg, epoch=epoch, rank=rank, world_size=world_size) for s, e in b.spans]
+
+
+def test_npz_and_npy_samples_are_numpys_arrays_as_zero_copy_views(tmp_path: Path) -> None:
+    for fmt, extra in (("npz", {}), ("npy", {}), ("npz", {"dataset.compression": "zip"})):
+        cfg = workload(tmp_path / f"{fmt}{len(extra)}", fmt, **extra)
+        raw = [bytes(memoryview(b.data)[s:e]) for b in dl_driver.batches(cfg) for s, e in b.spans]
+        items = list(DlioDataset(cfg))
+        assert len(items) == len(raw) == 12
+        for item, data in zip(items, raw, strict=True):
+            expected = np.load(io.BytesIO(data))
+            arrays = {"x": expected} if fmt == "npy" else dict(expected)
+            assert set(item) == set(arrays)
+            for name, array in arrays.items():
+                assert item[name].dtype == torch.from_numpy(array).dtype and tuple(item[name].shape) == array.shape
+                assert np.array_equal(item[name].numpy(), array)
+        # Stored arrays are read-only views into the sample's bytes; a deflated member is inflated into its own.
+        array = decode(fmt, memoryview(raw[0]))["x"]
+        start = np.frombuffer(raw[0], dtype=np.uint8).__array_interface__["data"][0]
+        inside = start <= array.__array_interface__["data"][0] < start + len(raw[0])
+        assert inside == ("dataset.compression" not in extra) and array.flags.writeable is False
+
+
+def test_tfrecord_samples_are_the_examples_features(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    cfg = workload(tmp_path, "tfrecord")
+    records = [bytes(memoryview(b.data)[s:e]) for b in dl_driver.batches(cfg) for s, e in b.spans]
+    for item, record in zip(DlioDataset(cfg), records, strict=True):
+        example = tf.train.Example.FromString(record[12:-4])
+        features = example.features.feature
+        assert set(item) == set(features)
+        for name, feature in features.items():
+            kind = feature.WhichOneof("kind")
+            expected = list(getattr(feature, kind).value)
+            if kind == "bytes_list":
+                assert item[name].numpy().tobytes() == expected[0]
+            else:
+                assert item[name].tolist() == expected
+
+
+def test_image_samples_are_their_pixels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    cfg = workload(tmp_path, "png")
+    files = [bytes(memoryview(b.data)[s:e]) for b in dl_driver.batches(cfg) for s, e in b.spans]
+    for item, data in zip(DlioDataset(cfg), files, strict=True):
+        assert np.array_equal(item["x"].numpy(), np.asarray(Image.open(io.BytesIO(data))))
+
+
+def test_a_format_without_a_decoder_says_so_and_raw_reads_it(tmp_path: Path) -> None:
+    cfg = workload(tmp_path, "indexed_binary")
+    with pytest.raises(dl_driver.FormatError, match=r"'indexed_binary': samples are not decoded yet.*raw=True"):
+        next(iter(DlioDataset(cfg)))
+    assert [key(s) for s in DlioDataset(cfg, raw=True)] == epoch_keys(cfg)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
+def test_workers_read_the_same_samples_under_every_start_method(tmp_path: Path, context: str) -> None:
+    cfg = workload(tmp_path)
+    loader = make_dataloader(cfg, raw=True, batch_size=None, num_workers=2, multiprocessing_context=context)
+    assert Counter(key(s) for s in loader) == Counter(epoch_keys(cfg))
+
+
+def test_ranks_and_workers_are_disjoint_and_cover_the_epoch(tmp_path: Path) -> None:
+    cfg = workload(tmp_path)
+    seen: list[str] = []
+    for rank in range(2):
+        loader = make_dataloader(cfg, raw=True, batch_size=None, num_workers=2, rank=rank, world_size=2)
+        shard = [key(s) for s in loader]
+        # Each rank reads DLIO's shard: its contiguous half of the epoch's global order, whatever the workers.
+        assert Counter(shard) == Counter(epoch_keys(cfg, rank=rank, world_size=2))
+        seen += shard
+    assert Counter(seen) == Counter(epoch_keys(cfg)) and len(set(seen)) == 12
+
+
+def test_make_dataloader_takes_dlios_batch_threads_and_prefetch(tmp_path: Path) -> None:
+    cfg = workload(tmp_path)
+    loader = make_dataloader(cfg)
+    assert (loader.batch_size, loader.num_workers, loader.prefetch_factor) == (2, 2, 3)
+    batches = list(loader)
+    assert len(batches) == 6 and batches[0]["x"].shape[0] == 2
+    assert make_dataloader(cfg, num_workers=0, batch_size=4).batch_size == 4
+
+
+def test_seeded_epochs_and_set_epoch(tmp_path: Path) -> None:
+    cfg = workload(tmp_path)
+    dataset = DlioDataset(cfg, raw=True)
+    first = [key(s) for s in dataset]
+    assert first == [key(s) for s in dataset] == epoch_keys(cfg, epoch=1)
+    dataset.set_epoch(2)
+    second = [key(s) for s in dataset]
+    assert second == epoch_keys(cfg, epoch=2) and second != first and sorted(second) == sorted(first)
+
+
+def test_a_resumed_dataset_yields_exactly_the_rest_of_the_epoch(tmp_path: Path) -> None:
+    cfg = workload(tmp_path)
+    whole = [key(s) for s in DlioDataset(cfg, raw=True, epoch=2)]
+    for stop in (0, 1, 2, 5, 11):  # at batch boundaries and inside a batch
+        dataset = DlioDataset(cfg, raw=True, epoch=2)
+        it = iter(dataset)
+        head = [key(next(it)) for _ in range(stop)]
+        state = dataset.state_dict()
+        resumed = DlioDataset(cfg, raw=True)
+        resumed.load_state_dict(state)
+        assert head + [key(s) for s in resumed] == whole, (stop, state)
+    with pytest.raises(dl_driver.ConfigError, match="expected integers epoch, step and sample"):
+        DlioDataset(cfg).load_state_dict({"epoch": 1})
