@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests_support import DL_DRIVER, SERVERS_SH, start_servers
+
+# torch before TensorFlow: both bundle LLVM, and once TensorFlow's copy is loaded, making a torch optimizer aborts the
+# process ("LLVM ERROR: inconsistency in registered CommandLine options"); the other order works. The test session
+# imports both (test_tf.py, then test_torch_checkpoint.py). docs/training.md tells users the same.
+with contextlib.suppress(ImportError):
+    import torch  # noqa: F401
 
 
 @pytest.fixture

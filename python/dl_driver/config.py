@@ -25,6 +25,11 @@ def workloads() -> list[str]:
     return list(_core.builtin_workloads())
 
 
+def as_config(config: Config | str | dict[str, Any]) -> Config:
+    """``config`` itself when it is a Config, else :func:`load_dlio_config` of it (a name, a path or a dict)."""
+    return config if isinstance(config, Config) else load_dlio_config(config)
+
+
 def load_dlio_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | Config,
     overrides: Overrides = None,

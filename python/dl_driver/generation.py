@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dl_driver import _core, launcher
-from dl_driver.config import Config, load_dlio_config
+from dl_driver.config import Config, as_config
 
 
 def generate(
@@ -29,6 +29,6 @@ def generate(
     Returns:
         ``{files_written, files_skipped, bytes_written, seconds}``.
     """
-    cfg = config if isinstance(config, Config) else load_dlio_config(config)
+    cfg = as_config(config)
     size = launcher.world_size(world_size)
     return _core.generate(cfg.to_json(redact=False), launcher.rank(rank, size), size, skip_existing, threads, progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dl_driver import _core, distributed, htmlreport, launcher, report
-from dl_driver.config import Config, load_dlio_config
+from dl_driver.config import Config, as_config
 from dl_driver.generation import generate
 from dl_driver.results import MlperfRecord, record_of
 
@@ -101,7 +101,7 @@ class DlioRunner:
         plugins: Sequence[object] = (),
         comm: str | None = None,
     ) -> None:
-        self.config = config if isinstance(config, Config) else load_dlio_config(config)
+        self.config = as_config(config)
         by_hand = rank is not None or world_size is not None
         d = self.config.distributed
         kind = "none" if by_hand and comm is None else (comm or d.communicator)
@@ -261,6 +261,6 @@ def batches(
     Each batch has ``samples`` (global sample ids), ``data`` (the samples' bytes back to back, a zero-copy buffer),
     ``spans`` (the (start, end) of each sample in ``data``) and ``bytes_read``.
     """
-    cfg = config if isinstance(config, Config) else load_dlio_config(config)
+    cfg = as_config(config)
     size = launcher.world_size(world_size)
     return _core.Batches(cfg.to_json(redact=False), split, epoch, launcher.rank(rank, size), size)

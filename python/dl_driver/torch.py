@@ -21,20 +21,15 @@ latest complete checkpoint by default. :class:`CheckpointPlugin` saves on the wo
 
 from __future__ import annotations
 
-import datetime
-import io
-import json
-import pickle
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from dl_driver import _core, launcher
+from dl_driver import _core, launcher, state
 from dl_driver._core import CheckpointError, ConfigError
-from dl_driver.checkpoint import list_checkpoints
-from dl_driver.config import Config, load_dlio_config
+from dl_driver.config import Config, as_config
 from dl_driver.decode import decode
 
 try:
@@ -60,10 +55,6 @@ def _tensor(array: np.ndarray[Any, Any]) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _config(config: Config | str | dict[str, Any]) -> Config:
-    return config if isinstance(config, Config) else load_dlio_config(config)
-
-
 def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """The given rank and world size, else torch.distributed's when initialized, else the launcher's."""
     if rank is None and world_size is None and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -85,7 +76,7 @@ class DlioDataset(IterableDataset[Any]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        cfg = _config(config)
+        cfg = as_config(config)
         if split not in ("train", "valid"):
             raise ConfigError(f"split '{split}': expected 'train' or 'valid'")
         self.split = split
@@ -158,7 +149,7 @@ def make_dataloader(
 ) -> DataLoader[Any]:
     """A ``DataLoader`` over :class:`DlioDataset` with DLIO's ``reader.batch_size``, ``reader.read_threads`` workers
     and ``reader.prefetch_size`` (prefetch per worker) unless ``kwargs`` say otherwise; ``kwargs`` go to DataLoader."""
-    cfg = _config(config)
+    cfg = as_config(config)
     dataset = DlioDataset(cfg, split, raw=raw, epoch=epoch, rank=rank, world_size=world_size)
     reader = cfg.reader
     options: dict[str, Any] = {"batch_size": int(reader.batch_size), "num_workers": int(reader.read_threads)}
@@ -168,59 +159,43 @@ def make_dataloader(
     return DataLoader(dataset, **options)
 
 
-#: Bytes of a tensor handed to the writer at a time (bounds the memory a save adds to the state's own).
-_WRITE_CHUNK = 8 << 20
-#: What a checkpoint's pickled structure may name besides our tensor references.
-_ALLOWED = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex")}
+class TorchTensors:
+    """torch tensors in a checkpoint (dense ones, any dtype; a tensor on an accelerator is copied to the CPU)."""
 
+    name = "tensor"
 
-def _files(rank: int) -> tuple[str, str]:
-    return f"rank{rank}-state.pkl", f"rank{rank}-tensors.bin"
+    def matches(self, obj: Any) -> bool:
+        return isinstance(obj, torch.Tensor)
 
-
-class _Pickler(pickle.Pickler):
-    """Pickles a state's structure; each tensor becomes a reference (index, dtype, shape) and joins ``tensors``."""
-
-    def __init__(self, file: io.BytesIO, tensors: list[torch.Tensor]) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.tensors = tensors
-
-    def persistent_id(self, obj: Any) -> Any:
-        if not isinstance(obj, torch.Tensor):
-            return None
+    def describe(self, obj: Any) -> tuple[str, tuple[int, ...]]:
         if obj.is_quantized or obj.is_sparse or obj.layout != torch.strided:
             raise CheckpointError(f"a {obj.layout} {obj.dtype} tensor: only dense tensors are checkpointed")
-        self.tensors.append(obj.detach())
-        return ("tensor", len(self.tensors) - 1, str(obj.dtype).removeprefix("torch."), tuple(obj.shape))
+        return str(obj.dtype).removeprefix("torch."), tuple(obj.shape)
+
+    def memory(self, obj: Any) -> Any:
+        return obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    def make(self, dtype: str, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        found = getattr(torch, dtype, None)
+        if not isinstance(found, torch.dtype):
+            raise TypeError(f"torch has no dtype '{dtype}'")
+        tensor = torch.empty(shape, dtype=found)
+        return tensor, tensor.reshape(-1).view(torch.uint8).numpy()
 
 
-class _Unpickler(pickle.Unpickler):
-    """Rebuilds a state: each tensor reference is filled from the tensor file, in the order they were saved."""
+#: What a PyTorch checkpoint holds: tensors, and numpy arrays beside them.
+_KINDS = (TorchTensors(), state.NumpyArrays())
 
-    def __init__(self, file: io.BytesIO, reader: _core.StateReader, where: str) -> None:
-        super().__init__(file)
-        self.reader, self.where, self.loaded = reader, where, 0
 
-    def persistent_load(self, pid: Any) -> Any:
-        kind, index, dtype, shape = pid
-        if kind != "tensor" or index != self.loaded or not hasattr(torch, dtype):
-            raise CheckpointError(f"{self.where}: an unexpected tensor reference {pid!r}")
-        tensor = torch.empty(shape, dtype=getattr(torch, dtype))
-        if tensor.numel():
-            memory: Any = tensor.reshape(-1).view(torch.uint8).numpy()  # a view of the tensor's memory
-            self.reader.readinto(memoryview(memory))
-        self.loaded += 1
-        return tensor
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise CheckpointError(f"{self.where}: names {module}.{name}, which a checkpoint may not load")
-        return super().find_class(module, name)
+def _gather(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, entries)
+    return [e for rank_entries in gathered for e in rank_entries]
 
 
 def save_checkpoint(
     uri: str,
-    state: Any,
+    model_state: Any,
     *,
     step: int,
     epoch: int = 1,
@@ -230,51 +205,25 @@ def save_checkpoint(
     world_size: int | None = None,
     storage_options: dict[str, str] | None = None,
 ) -> str:
-    """Writes ``state`` (e.g. ``{"model": model.state_dict(), "optimizer": opt.state_dict()}``) as checkpoint
+    """Writes ``model_state`` (e.g. ``{"model": model.state_dict(), "optimizer": opt.state_dict()}``) as checkpoint
     ``global_epoch{epoch}_step{step}`` under ``uri``; returns its name. Every rank writes its own files; with
     several ranks (torch.distributed initialized) rank 0 writes the manifest once all are written. Until the manifest
     is there the checkpoint is incomplete: a save that dies leaves nothing :func:`load_checkpoint` would pick.
     ``storage_options`` are ``dl_driver.storage.open``'s."""
-    options = storage_options
-    if compression not in ("none", "zstd"):
-        raise ConfigError(f"compression '{compression}': expected 'none' or 'zstd'")
     rank, size = _placement(rank, world_size)
-    name = f"global_epoch{epoch}_step{step}"
-    started = datetime.datetime.now().isoformat()
-    tensors: list[torch.Tensor] = []
-    structure = io.BytesIO()
-    _Pickler(structure, tensors).dump(state)
-    level = compression_level if compression == "zstd" else None
-    state_file, tensor_file = _files(rank)
-    writer = _core.StateWriter(uri, f"{name}/{tensor_file}", rank, level, options)
-    for tensor in tensors:
-        flat: Any = tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()  # the tensor's memory
-        for at in range(0, flat.size, _WRITE_CHUNK):
-            writer.write(memoryview(flat[at : at + _WRITE_CHUNK]))
-    entries = [json.loads(writer.finish())]
-    writer = _core.StateWriter(uri, f"{name}/{state_file}", rank, level, options)
-    writer.write(structure.getbuffer())
-    entries.append(json.loads(writer.finish()))
-    if size > 1:
-        gathered: list[Any] = [None] * size
-        torch.distributed.all_gather_object(gathered, entries)
-        entries = [e for rank_entries in gathered for e in rank_entries]
-    if rank == 0:
-        manifest = {
-            "format": "dl-driver-checkpoint/1",
-            "name": name,
-            "epoch": epoch,
-            "step": step,
-            "world_size": size,
-            "compression": compression,
-            "compression_level": level,
-            "started": started,
-            "finished": datetime.datetime.now().isoformat(),
-            "total_bytes": sum(e["bytes"] for e in entries),
-            "stored_bytes": sum(e["stored_bytes"] for e in entries),
-            "files": entries,
-        }
-        _core.checkpoint_write_manifest(uri, json.dumps(manifest), options)
+    name = state.save(
+        uri,
+        model_state,
+        _KINDS,
+        step=step,
+        epoch=epoch,
+        compression=compression,
+        compression_level=compression_level,
+        rank=rank,
+        world_size=size,
+        gather=_gather,
+        storage_options=storage_options,
+    )
     if size > 1:
         torch.distributed.barrier()
     return name
@@ -285,42 +234,13 @@ def load_checkpoint(
 ) -> Any:
     """The state saved by :func:`save_checkpoint` under ``uri``: the latest complete checkpoint, or the one of
     ``step``; this rank's part. Every file's CRC-32C and size are checked; a mismatch raises ``CheckpointError``."""
-    rank, _ = _placement(rank, None)
-    options = storage_options or None
-    complete = [c["name"] for c in list_checkpoints(uri, **(options or {})) if c["complete"]]
-    if step is not None:
-        complete = [n for n in complete if n.endswith(f"_step{step}")]
-    if not complete:
-        which = f" of step {step}" if step is not None else ""
-        raise FileNotFoundError(f"{uri}: no complete checkpoint{which} (one has a manifest once its save finished)")
-    name = complete[-1]
-    manifest = json.loads(_core.checkpoint_read_manifest(uri, name, options))
-    compressed = manifest["compression"] == "zstd"
-    entries = {e["name"]: e for e in manifest["files"] if e["rank"] == rank}
-    state_file, tensor_file = _files(rank)
-    if state_file not in entries or tensor_file not in entries:
-        raise CheckpointError(f"{uri}/{name}: has no state of rank {rank} (saved by {manifest['world_size']} ranks)")
-
-    def reader(file: str) -> _core.StateReader:
-        return _core.StateReader(uri, f"{name}/{file}", json.dumps(entries[file]), compressed, options)
-
-    structure = bytearray(entries[state_file]["bytes"])
-    state_reader = reader(state_file)
-    state_reader.readinto(structure)
-    state_reader.finish()
-    tensor_reader = reader(tensor_file)
-    state = _Unpickler(io.BytesIO(structure), tensor_reader, f"{uri}/{name}").load()
-    tensor_reader.finish()
-    return state
+    return state.load(uri, _KINDS, step=step, rank=_placement(rank, None)[0], storage_options=storage_options)
 
 
 class CheckpointPlugin:
-    """Saves real training state on a workload's checkpoint schedule, as DLIO's checkpoint rules say (dlio.md §5):
-    ``after_step(step, model_state)`` every ``checkpoint.steps_between_checkpoints`` global steps (1-based; the epoch
-    in the name is the one the step falls in, from the plan's steps per epoch), ``after_epoch(epoch, model_state)``
-    on the epoch schedule (``checkpoint_after_epoch``, ``epochs_between_checkpoints``), to
-    ``checkpoint.checkpoint_folder`` with the workload's compression and storage options. Each returns the
-    checkpoint's name when it saved, else None."""
+    """Saves real training state on a workload's checkpoint schedule (:class:`dl_driver.state.Schedule`):
+    ``after_step(step, model_state)`` every ``steps_between_checkpoints`` global steps, ``after_epoch(epoch,
+    model_state)`` on the epoch schedule. Each returns the checkpoint's name when it saved, else None."""
 
     def __init__(
         self,
@@ -330,43 +250,28 @@ class CheckpointPlugin:
         storage_options: dict[str, str] | None = None,
         world_size: int | None = None,
     ) -> None:
-        cfg = _config(config)
-        plan = cfg.plan(_placement(None, world_size)[1])
-        schedule = plan["checkpoint"]
-        self.trigger: str = schedule["trigger"]
-        self.every_steps: int | None = schedule["every_steps"]
-        self.steps_per_epoch = max(1, int(plan["train"]["steps_per_epoch"]))
-        epochs = schedule["epochs"]
-        self._epochs: tuple[int | None, int, int] = (epochs["first"], epochs["every"], epochs["count"])
-        self.uri = uri or str(cfg.checkpoint.checkpoint_folder)
-        self.compression = str(cfg.checkpoint.compression)
-        self.level = int(cfg.checkpoint.compression_level)
-        given = {str(k): str(v) for k, v in cfg.storage.storage_options.to_dict().items()}
-        self.options = {**given, **(storage_options or {})}
+        self.schedule = state.Schedule(as_config(config), _placement(None, world_size)[1], uri, storage_options)
 
-    def _save(self, state: Any, step: int, epoch: int) -> str:
+    def _save(self, model_state: Any, step: int, epoch: int) -> str:
+        s = self.schedule
         return save_checkpoint(
-            self.uri,
-            state,
+            s.uri,
+            model_state,
             step=step,
             epoch=epoch,
-            compression=self.compression,
-            compression_level=self.level,
-            storage_options=self.options,
+            compression=s.compression,
+            compression_level=s.level,
+            storage_options=s.options,
         )
 
     def after_step(self, step: int, model_state: Any) -> str | None:
-        if self.trigger != "step" or not self.every_steps or step % self.every_steps:
-            return None
-        return self._save(model_state, step, (step - 1) // self.steps_per_epoch + 1)
+        epoch = self.schedule.after_step(step)
+        return None if epoch is None else self._save(model_state, step, epoch)
 
     def after_epoch(self, epoch: int, model_state: Any) -> str | None:
-        first, every, count = self._epochs
-        if self.trigger != "epoch" or first is None or epoch < first or (epoch - first) % every:
+        if not self.schedule.after_epoch(epoch):
             return None
-        if (epoch - first) // every >= count:
-            return None
-        return self._save(model_state, epoch * self.steps_per_epoch, epoch)
+        return self._save(model_state, epoch * self.schedule.steps_per_epoch, epoch)
 
 
 class StepPlugin(Protocol):
