@@ -12,11 +12,12 @@ import pytest
 
 from tests_support import DL_DRIVER, SERVERS_SH, start_servers
 
-# torch before TensorFlow: both bundle LLVM, and once TensorFlow's copy is loaded, making a torch optimizer aborts the
-# process ("LLVM ERROR: inconsistency in registered CommandLine options"); the other order works. The test session
-# imports both (test_tf.py, then test_torch_checkpoint.py). docs/training.md tells users the same.
+# torch (with torch._dynamo, which loads Triton) before TensorFlow: both bring LLVM, and once TensorFlow's copy is
+# loaded, a torch optimizer's first use loads Triton's and aborts the process ("LLVM ERROR: inconsistency in registered
+# CommandLine options"); the other order works. The session imports both (test_tf.py, then
+# test_torch_checkpoint.py). docs/training.md tells users the same.
 with contextlib.suppress(ImportError):
-    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
 
 
 @pytest.fixture
