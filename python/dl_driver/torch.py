@@ -17,10 +17,18 @@ tensors replaced by references and streams each tensor's bytes from its memory i
 :func:`load_checkpoint` returns the same structure with every tensor restored bit for bit (bf16 included), the
 latest complete checkpoint by default. :class:`CheckpointPlugin` saves on the workload's checkpoint schedule, from
 ``DlioPyTorchDataset(cfg, plugins=[...]).training_step_hook(step, model_state)`` or on its own.
+
+``StorageWriter(uri)`` / ``StorageReader(uri)`` are ``torch.distributed.checkpoint``'s file-system writer and reader
+over dl-driver's stores, so ``dcp.save``, ``dcp.async_save`` and ``dcp.load`` work on ``file://``, ``direct://``,
+``s3://`` and ``az://``: each file streams out as a multipart upload (visible only once complete) and is read back
+with ranged reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -28,12 +36,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from dl_driver import _core, launcher, state
+from dl_driver import storage as dl_storage
 from dl_driver._core import CheckpointError, ConfigError
 from dl_driver.config import Config, as_config
 from dl_driver.decode import decode
 
 try:
     import torch
+    from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader, FileSystemWriter
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError(f"dl_driver.torch needs PyTorch: pip install 'dl-driver[torch]' ({e})") from e
@@ -42,6 +52,8 @@ __all__ = [
     "CheckpointPlugin",
     "DlioDataset",
     "DlioPyTorchDataset",
+    "StorageReader",
+    "StorageWriter",
     "load_checkpoint",
     "make_dataloader",
     "save_checkpoint",
@@ -295,3 +307,156 @@ class DlioPyTorchDataset(DlioDataset):
 
     def training_step_hook(self, step: int, model_state: Any) -> list[Any]:
         return [plugin.after_step(step, model_state) for plugin in self.plugins]
+
+
+#: Bytes a DCP stream gathers before handing them to the writer, and reads ahead.
+_STREAM_CHUNK = 8 << 20
+
+
+class _WriteStream(io.RawIOBase):
+    """A DCP output file: gathered into chunks and streamed through a ``_core.StateWriter`` (a multipart upload);
+    the file appears when the stream is finished, and not at all when it is discarded."""
+
+    def __init__(self, writer: _core.StateWriter) -> None:
+        self._writer, self._pending, self._written = writer, bytearray(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written + len(self._pending)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._pending += view
+        if len(self._pending) >= _STREAM_CHUNK:
+            self._writer.write(self._pending)
+            self._written += len(self._pending)
+            self._pending = bytearray()
+        return len(view)
+
+    def finish(self) -> None:
+        if self._pending:
+            self._writer.write(self._pending)
+        self._writer.finish()
+
+
+class _ReadStream(io.RawIOBase):
+    """A DCP input file: seekable, read through ranged reads of ``_STREAM_CHUNK`` bytes."""
+
+    def __init__(self, store: dl_storage.Store, key: str) -> None:
+        self._store, self._key = store, key
+        self._size = store.head(key).size
+        self._at, self._window_start, self._window = 0, 0, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: self._size}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(target) and self._at < self._size:
+            inside = self._at - self._window_start
+            if not 0 <= inside < len(self._window):
+                end = min(self._size, self._at + max(len(target) - done, _STREAM_CHUNK))
+                self._window = memoryview(self._store.get_range(self._key, self._at, end))
+                self._window_start, inside = self._at, 0
+            n = min(len(target) - done, len(self._window) - inside)
+            target[done : done + n] = self._window[inside : inside + n]
+            done += n
+            self._at += n
+        return done
+
+
+class _StoreFileSystem(FileSystemBase):
+    """DCP's file-system interface over dl-driver's stores: a path is a location URI and a file name in it."""
+
+    def __init__(self, storage_options: dict[str, str] | None) -> None:
+        self._options = dict(storage_options or {})
+        self._stores: dict[str, dl_storage.Store] = {}
+
+    def _split(self, path: str | os.PathLike[str]) -> tuple[str, str]:
+        parent, _, name = str(path).rstrip("/").rpartition("/")
+        return parent, name
+
+    def _store(self, parent: str) -> dl_storage.Store:
+        if parent not in self._stores:
+            self._stores[parent] = dl_storage.open(parent, **self._options)
+        return self._stores[parent]
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[io.IOBase]:
+        parent, name = self._split(path)
+        if mode == "wb":
+            stream = _WriteStream(_core.StateWriter(parent, name, 0, None, self._options or None))
+            yield stream  # an exception here drops the writer, which discards the upload
+            stream.finish()
+        elif mode == "rb":
+            yield _ReadStream(self._store(parent), name)
+        else:
+            raise ConfigError(f"{path}: DCP asked for mode '{mode}' (dl-driver's stores write 'wb' and read 'rb')")
+
+    def concat_path(self, path: str | os.PathLike[str], suffix: str) -> str:
+        return f"{str(path).rstrip('/')}/{suffix}"
+
+    def init_path(self, path: str | os.PathLike[str]) -> str:
+        return str(path)
+
+    def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
+        (parent, name), (new_parent, new_name) = self._split(path), self._split(new_path)
+        store = self._store(parent)
+        self._store(new_parent).put(new_name, bytes(store.get(name)))
+        store.delete(name)
+
+    def mkdir(self, path: str | os.PathLike[str]) -> None:
+        """Nothing to make: files appear under their location as they are written."""
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return str(checkpoint_id).split("://", 1)[0] in ("file", "direct", "s3", "az", "memory")
+
+    def exists(self, path: str | os.PathLike[str]) -> bool:
+        parent, name = self._split(path)
+        return self._store(parent).exists(name)
+
+    def rm_file(self, path: str | os.PathLike[str]) -> None:
+        parent, name = self._split(path)
+        self._store(parent).delete(name)
+
+
+class StorageWriter(FileSystemWriter):
+    """``dcp.save(state_dict, storage_writer=StorageWriter(uri))`` (and ``dcp.async_save``) into any dl-driver
+    location; ``storage_options`` are ``dl_driver.storage.open``'s, other arguments FileSystemWriter's."""
+
+    def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(uri, sync_files=False, **kwargs)
+        self.fs: Any = _StoreFileSystem(storage_options)
+        self.path = self.fs.init_path(uri)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return _StoreFileSystem.validate_checkpoint_id(checkpoint_id)
+
+
+class StorageReader(FileSystemReader):
+    """``dcp.load(state_dict, storage_reader=StorageReader(uri))`` from any dl-driver location."""
+
+    def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None) -> None:
+        super().__init__(uri)
+        self.fs: Any = _StoreFileSystem(storage_options)
+        self.path = self.fs.init_path(uri)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return _StoreFileSystem.validate_checkpoint_id(checkpoint_id)
