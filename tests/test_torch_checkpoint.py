@@ -128,7 +128,8 @@ def test_every_dtype_round_trips_bit_for_bit_with_and_without_zstd(tmp_path: Pat
     )
     for compression in ("none", "zstd"):
         folder = str(tmp_path / compression)
-        name = save_checkpoint(folder, state, step=1, compression=compression)
+        # fsync opens every file it flushes: a wrong path would fail here.
+        name = save_checkpoint(f"file://{folder}", state, step=1, compression=compression, fsync=True)
         assert name == "global_epoch1_step1"
         assert_same(load_checkpoint(folder), state)
         verified = dl_driver.checkpoint.verify(folder, name)

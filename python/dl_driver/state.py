@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -112,8 +113,9 @@ class _Unpickler(pickle.Unpickler):
             array, memory = kind.make(dtype, tuple(shape))
         except (TypeError, AttributeError, ImportError) as e:
             raise CheckpointError(f"{self.where}: array {index} has dtype '{dtype}', not one of {name}'s ({e})") from e
-        if memory.size:
-            self.reader.readinto(memoryview(memory))
+        view = memoryview(memory)
+        for at in range(0, len(view), WRITE_CHUNK):  # in pieces: no buffer of the whole array's size on the way
+            self.reader.readinto(view[at : at + WRITE_CHUNK])
         self.loaded += 1
         return array
 
@@ -125,6 +127,20 @@ class _Unpickler(pickle.Unpickler):
 
 def _files(rank: int) -> tuple[str, str]:
     return f"rank{rank}-state.pkl", f"rank{rank}-tensors.bin"
+
+
+def _fsync_local(uri: str, folder: str, names: Sequence[str]) -> None:
+    """Flushes local files and their folder to the device (object stores make an upload durable on completion)."""
+    scheme, _, path = uri.partition("://") if "://" in uri else ("file", "", uri)
+    if scheme not in ("file", "direct"):
+        return
+    where = os.path.join(path, folder)
+    for name in (*names, "."):
+        fd = os.open(os.path.join(where, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save(
@@ -140,10 +156,12 @@ def save(
     world_size: int,
     gather: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None,
     storage_options: dict[str, str] | None,
+    fsync: bool = False,
 ) -> str:
     """Writes ``state`` as checkpoint ``global_epoch{epoch}_step{step}`` under ``uri``; returns its name. Every rank
     writes its own files; ``gather`` (every rank's entries, on every rank) joins them when ``world_size`` > 1, and
-    rank 0 then writes the manifest."""
+    rank 0 then writes the manifest. ``fsync`` flushes local files to the device before the manifest is written
+    (DLIO's ``checkpoint.fsync``)."""
     if compression not in ("none", "zstd"):
         raise ConfigError(f"compression '{compression}': expected 'none' or 'zstd'")
     name = f"global_epoch{epoch}_step{step}"
@@ -162,6 +180,8 @@ def save(
     writer = _core.StateWriter(uri, f"{name}/{state_file}", rank, level, storage_options)
     writer.write(structure.getbuffer())
     entries.append(json.loads(writer.finish()))
+    if fsync:
+        _fsync_local(uri, name, (state_file, array_file))
     if world_size > 1:
         if gather is None:
             raise ConfigError(f"a checkpoint of {world_size} ranks needs a way to gather their files' entries")
@@ -182,6 +202,8 @@ def save(
             "files": entries,
         }
         _core.checkpoint_write_manifest(uri, json.dumps(manifest), storage_options)
+        if fsync:
+            _fsync_local(uri, name, ("manifest.json",))
     return name
 
 
@@ -236,6 +258,7 @@ class Schedule:
         self.uri = uri or str(cfg.checkpoint.checkpoint_folder)
         self.compression = str(cfg.checkpoint.compression)
         self.level = int(cfg.checkpoint.compression_level)
+        self.fsync = bool(cfg.checkpoint.fsync)
         given = {str(k): str(v) for k, v in cfg.storage.storage_options.to_dict().items()}
         self.options = {**given, **(storage_options or {})}
 

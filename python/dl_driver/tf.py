@@ -167,6 +167,7 @@ class CheckpointCallback(keras.callbacks.Callback):  # type: ignore[misc]
             world_size=1,
             gather=None,
             storage_options=s.options,
+            fsync=s.fsync,
         )
         self.saved.append(name)
 

@@ -216,12 +216,14 @@ def save_checkpoint(
     rank: int | None = None,
     world_size: int | None = None,
     storage_options: dict[str, str] | None = None,
+    fsync: bool = False,
 ) -> str:
     """Writes ``model_state`` (e.g. ``{"model": model.state_dict(), "optimizer": opt.state_dict()}``) as checkpoint
     ``global_epoch{epoch}_step{step}`` under ``uri``; returns its name. Every rank writes its own files; with
     several ranks (torch.distributed initialized) rank 0 writes the manifest once all are written. Until the manifest
     is there the checkpoint is incomplete: a save that dies leaves nothing :func:`load_checkpoint` would pick.
-    ``storage_options`` are ``dl_driver.storage.open``'s."""
+    ``storage_options`` are ``dl_driver.storage.open``'s; ``fsync`` flushes local files to the device (as
+    ``torch.save`` + ``os.fsync`` would) before the manifest."""
     rank, size = _placement(rank, world_size)
     name = state.save(
         uri,
@@ -235,6 +237,7 @@ def save_checkpoint(
         world_size=size,
         gather=_gather,
         storage_options=storage_options,
+        fsync=fsync,
     )
     if size > 1:
         torch.distributed.barrier()
@@ -274,6 +277,7 @@ class CheckpointPlugin:
             compression=s.compression,
             compression_level=s.level,
             storage_options=s.options,
+            fsync=s.fsync,
         )
 
     def after_step(self, step: int, model_state: Any) -> str | None:

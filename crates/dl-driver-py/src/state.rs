@@ -76,6 +76,8 @@ impl StateWriter {
 #[pyclass(module = "dl_driver._core")]
 pub struct StateReader {
     inner: Mutex<Option<state::StateReader>>,
+    /// Reused between reads: a fresh buffer per read page-faulted its way to a fifth of the read speed.
+    scratch: Mutex<Vec<u8>>,
 }
 
 /// What `slot` holds, taken out (a poisoned lock still holds its value).
@@ -103,7 +105,7 @@ impl StateReader {
         let store = open_store(uri, options)?;
         let reader =
             runtime::run(py, async move { state::StateReader::open(&store, &key, &entry, compressed).await })??;
-        Ok(Self { inner: Mutex::new(Some(reader)) })
+        Ok(Self { inner: Mutex::new(Some(reader)), scratch: Mutex::new(Vec::new()) })
     }
 
     /// Fills `buffer` (writable, of bytes) with the file's next bytes; a file that ends first is an error.
@@ -113,19 +115,23 @@ impl StateReader {
         }
         let mut reader = take(&self.inner, "StateReader")?;
         let len = buffer.item_count();
-        let (read, reader) = runtime::run(py, async move {
-            let mut data = vec![0u8; len];
-            let read = reader.read(&mut data).await.map(|n| (n, data));
-            (read, reader)
+        let mut data = std::mem::take(&mut *self.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if data.len() < len {
+            data.resize(len, 0);
+        }
+        let (read, reader, data) = runtime::run(py, async move {
+            let read = reader.read(&mut data[..len]).await;
+            (read, reader, data)
         })?;
-        let (n, data) = read?;
+        let n = read?;
         if n < len {
             return Err(Error::from(dl_driver_core::checkpoint::stream::CheckpointError::Corrupt(format!(
                 "a checkpoint file ended {} bytes early (truncated or not this manifest's)",
                 len - n
             ))));
         }
-        buffer.copy_from_slice(py, &data)?;
+        buffer.copy_from_slice(py, &data[..len])?;
+        *self.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = data;
         put(&self.inner, reader);
         Ok(n)
     }
