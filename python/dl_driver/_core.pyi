@@ -188,8 +188,8 @@ class StateReader:
     def __new__(
         cls, uri: str, key: str, entry_json: str, compressed: bool, options: dict[str, str] | None = None
     ) -> Self: ...
-    def readinto(self, buffer: BytesLike) -> int:
-        """Fills ``buffer`` with the file's next bytes; a file that ends first is an error."""
+    def read(self, size: int) -> Buffer:
+        """The file's next bytes, at most ``size`` (a view of the read buffer); empty at the end of the file."""
     def finish(self) -> None:
         """Reads what is left and checks the file against its manifest entry."""
 

@@ -113,9 +113,7 @@ class _Unpickler(pickle.Unpickler):
             array, memory = kind.make(dtype, tuple(shape))
         except (TypeError, AttributeError, ImportError) as e:
             raise CheckpointError(f"{self.where}: array {index} has dtype '{dtype}', not one of {name}'s ({e})") from e
-        view = memoryview(memory)
-        for at in range(0, len(view), WRITE_CHUNK):  # in pieces: no buffer of the whole array's size on the way
-            self.reader.readinto(view[at : at + WRITE_CHUNK])
+        _read_into(self.reader, memoryview(memory), self.where)
         self.loaded += 1
         return array
 
@@ -123,6 +121,19 @@ class _Unpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise CheckpointError(f"{self.where}: names {module}.{name}, which a checkpoint may not load")
         return super().find_class(module, name)
+
+
+def _read_into(reader: _core.StateReader, target: memoryview, where: str) -> None:
+    """Fills ``target`` with the file's next bytes, one read buffer at a time (each copied once, into the target)."""
+    filled = 0
+    while filled < len(target):
+        chunk = memoryview(reader.read(len(target) - filled))
+        if not chunk:
+            raise CheckpointError(
+                f"{where}: a file ended {len(target) - filled} bytes early (truncated, or not this manifest's)"
+            )
+        target[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
 
 
 def _files(rank: int) -> tuple[str, str]:
@@ -230,7 +241,7 @@ def load(
 
     structure = bytearray(entries[state_file]["bytes"])
     state_reader = reader(state_file)
-    state_reader.readinto(structure)
+    _read_into(state_reader, memoryview(structure), f"{uri}/{name}/{state_file}")
     state_reader.finish()
     array_reader = reader(array_file)
     state = _Unpickler(io.BytesIO(structure), kinds, array_reader, f"{uri}/{name}").load()

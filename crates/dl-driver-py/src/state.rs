@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::runtime;
-use crate::storage::open_store;
+use crate::storage::{open_store, Buffer};
 
 fn closed(what: &str) -> Error {
     Error::config(format!("this {what} is closed (finished, or stopped by an error)"))
@@ -71,13 +71,11 @@ impl StateWriter {
     }
 }
 
-/// One checkpoint file read back: `readinto(buffer)` fills the buffer with the file's next bytes, `finish()` checks
-/// the whole file (size and CRC-32C, then the original size) against its manifest entry.
+/// One checkpoint file read back: `read(size)` gives the file's next bytes, `finish()` checks the whole file (size
+/// and CRC-32C, then the original size) against its manifest entry.
 #[pyclass(module = "dl_driver._core")]
 pub struct StateReader {
     inner: Mutex<Option<state::StateReader>>,
-    /// Reused between reads: a fresh buffer per read page-faulted its way to a fifth of the read speed.
-    scratch: Mutex<Vec<u8>>,
 }
 
 /// What `slot` holds, taken out (a poisoned lock still holds its value).
@@ -105,35 +103,20 @@ impl StateReader {
         let store = open_store(uri, options)?;
         let reader =
             runtime::run(py, async move { state::StateReader::open(&store, &key, &entry, compressed).await })??;
-        Ok(Self { inner: Mutex::new(Some(reader)), scratch: Mutex::new(Vec::new()) })
+        Ok(Self { inner: Mutex::new(Some(reader)) })
     }
 
-    /// Fills `buffer` (writable, of bytes) with the file's next bytes; a file that ends first is an error.
-    fn readinto(&self, py: Python<'_>, buffer: PyBuffer<u8>) -> Result<usize> {
-        if buffer.readonly() {
-            return Err(Error::config("StateReader.readinto: the buffer is read-only"));
-        }
+    /// The file's next bytes, at most `size` of them, as a Buffer that views the read buffer (no copy); empty at the
+    /// end of the file.
+    fn read(&self, py: Python<'_>, size: usize) -> Result<Py<Buffer>> {
         let mut reader = take(&self.inner, "StateReader")?;
-        let len = buffer.item_count();
-        let mut data = std::mem::take(&mut *self.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        if data.len() < len {
-            data.resize(len, 0);
-        }
-        let (read, reader, data) = runtime::run(py, async move {
-            let read = reader.read(&mut data[..len]).await;
-            (read, reader, data)
+        let (chunk, reader) = runtime::run(py, async move {
+            let chunk = reader.next_chunk(size).await;
+            (chunk, reader)
         })?;
-        let n = read?;
-        if n < len {
-            return Err(Error::from(dl_driver_core::checkpoint::stream::CheckpointError::Corrupt(format!(
-                "a checkpoint file ended {} bytes early (truncated or not this manifest's)",
-                len - n
-            ))));
-        }
-        buffer.copy_from_slice(py, &data[..len])?;
-        *self.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = data;
+        let chunk = chunk?;
         put(&self.inner, reader);
-        Ok(n)
+        Ok(Py::new(py, Buffer::from(chunk))?)
     }
 
     /// Reads what is left and checks the file against its manifest entry.

@@ -238,17 +238,27 @@ impl StateReader {
         }
     }
 
+    /// The file's next bytes, at most `max` of them (a view of the read buffer, no copy); empty at the end.
+    pub async fn next_chunk(&mut self, max: usize) -> Result<Bytes, CheckpointError> {
+        if self.at == self.ready.len() && !self.refill().await? {
+            return Ok(Bytes::new());
+        }
+        let n = (self.ready.len() - self.at).min(max);
+        let chunk = self.ready.slice(self.at..self.at + n);
+        self.at += n;
+        Ok(chunk)
+    }
+
     /// Fills `buf` with the file's next bytes; returns how many (fewer only at the end of the file).
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, CheckpointError> {
         let mut filled = 0;
         while filled < buf.len() {
-            if self.at == self.ready.len() && !self.refill().await? {
+            let chunk = self.next_chunk(buf.len() - filled).await?;
+            if chunk.is_empty() {
                 break;
             }
-            let n = (self.ready.len() - self.at).min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&self.ready[self.at..self.at + n]);
-            self.at += n;
-            filled += n;
+            buf[filled..filled + chunk.len()].copy_from_slice(&chunk);
+            filled += chunk.len();
         }
         Ok(filled)
     }
