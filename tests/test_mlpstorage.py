@@ -249,18 +249,20 @@ def test_drop_caches_runs_before_every_epoch_and_between_checkpoint_writes_and_r
 
 
 def test_search_accelerators_finds_the_rank_count_where_au_falls_below_the_threshold(tmp_path: Path) -> None:
-    # One batch of one sample per step; each epoch's first batch waits for its 60 ms of preprocessing, later ones
-    # are read during the 100 ms computes. With 16 samples over N ranks (S = 16 // N steps), AU = S x 0.1 /
-    # (0.06 + S x 0.1): 96.4% on 1 rank, 93.0% on 2, 89.3% on 3, 87.0% on 4; the 91% threshold falls between 2 and 3.
-    values = {"dataset.format": "npz", "dataset.num_files_train": 16, "dataset.num_samples_per_file": 1,
+    # One batch of one sample per step; each epoch's first batch waits for its 300 ms of preprocessing, later ones
+    # are prepared by 2 reader threads (150 ms a sample each) during the 200 ms computes. With 8 samples over N ranks
+    # (S = 8 // N steps), AU = S x 0.2 / (0.3 + S x 0.2): 84.2% on 1 rank, 72.7% on 2, 57.1% on 3 and 4. The 65%
+    # threshold leaves 2 ranks 130 ms of overhead before they fail it (runs only lose AU to overhead, so 3 and 4
+    # ranks never pass it): a busy machine does not move the answer.
+    values = {"dataset.format": "npz", "dataset.num_files_train": 8, "dataset.num_samples_per_file": 1,
               "dataset.record_length_bytes": 4096, "dataset.record_length_bytes_stdev": 0,
-              "dataset.data_folder": tmp_path / "data", "reader.batch_size": 1, "reader.read_threads": 1,
-              "reader.prefetch_size": 2, "reader.preprocess_time": 0.06, "train.computation_time": 0.1,
+              "dataset.data_folder": tmp_path / "data", "reader.batch_size": 1, "reader.read_threads": 2,
+              "reader.prefetch_size": 2, "reader.preprocess_time": 0.3, "train.computation_time": 0.2,
               "train.epochs": 1, "output.metric.exclude_start_steps": 0, "workflow.generate_data": True,
               "workflow.checkpoint": False, "workflow.evaluation": False}
     done = subprocess.run(
         [DL_DRIVER, "search-accelerators", "workload=default", *[f"++workload.{k}={v}" for k, v in values.items()],
-         "--au", "0.91", "--max", "8", "--launcher", "mpi", "--output", str(tmp_path / "search")],
+         "--au", "0.65", "--max", "8", "--launcher", "mpi", "--output", str(tmp_path / "search")],
         capture_output=True, text=True, cwd=tmp_path, timeout=HANG_GUARD, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "search" / "search.json").read_text())
