@@ -1,6 +1,7 @@
 //! Checkpoint files of a real training state: bytes the caller pushes (a model's tensors, straight from their
 //! memory) streamed to storage as they come — optionally zstd-compressed, CRC-32C of the stored bytes — and read
-//! back as a stream into the caller's buffers, the checksum and sizes checked at the end. The manifest written last
+//! back as a stream into the caller's buffers, the checksum and sizes checked at the end (every checkpoint file is
+//! read back through [`StateReader`], the emulated ones' too). The manifest written last
 //! ([`super::manifest`]) makes such a checkpoint complete, as it does the emulated ones ([`super::stream`]).
 
 use bytes::Bytes;
@@ -220,9 +221,9 @@ impl StateReader {
             let mut out = vec![0u8; OUT_CHUNK];
             let mut inb = InBuffer::around(&self.input[..]);
             let mut output = OutBuffer::around(&mut out[..]);
-            decoder.run(&mut inb, &mut output).map_err(|e| {
-                CheckpointError::Corrupt(format!("{}: zstd: {e} (a damaged or truncated file)", self.shown))
-            })?;
+            if let Err(e) = decoder.run(&mut inb, &mut output) {
+                return Err(self.damaged(&e).await);
+            }
             let (used, made) = (inb.pos(), output.pos());
             self.input = self.input.slice(used..);
             if made > 0 {
@@ -236,6 +237,39 @@ impl StateReader {
                 return Ok(false);
             }
         }
+    }
+
+    /// Why a file zstd could not decode is damaged: a checksum mismatch, if the rest of the file shows one (it says
+    /// more than the decoder's complaint), else the decoder's error.
+    async fn damaged(&mut self, e: &std::io::Error) -> CheckpointError {
+        let zstd = CheckpointError::Corrupt(format!("{}: zstd: {e} (a damaged or truncated file)", self.shown));
+        while !self.ended {
+            match self.source.next().await {
+                Ok(Some(chunk)) => {
+                    self.crc = crc32c::crc32c_append(self.crc, &chunk);
+                    self.stored += chunk.len() as u64;
+                }
+                Ok(None) => self.ended = true,
+                Err(other) => return other,
+            }
+        }
+        self.mismatch().unwrap_or(zstd)
+    }
+
+    /// The checksum error, when what was stored differs from the manifest entry.
+    fn mismatch(&self) -> Option<CheckpointError> {
+        let crc = format!("{:08x}", self.crc);
+        (self.stored != self.entry.stored_bytes || crc != self.entry.crc32c).then(|| {
+            CheckpointError::Corrupt(format!(
+                "{}: checksum mismatch: read {} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
+                self.shown, self.stored, self.entry.stored_bytes, self.entry.crc32c
+            ))
+        })
+    }
+
+    /// Stored bytes read so far.
+    pub fn stored(&self) -> u64 {
+        self.stored
     }
 
     /// The file's next bytes, at most `max` of them (a view of the read buffer, no copy); empty at the end.
@@ -271,12 +305,8 @@ impl StateReader {
             rest += (self.ready.len() - self.at) as u64;
             self.at = self.ready.len();
         }
-        let crc = format!("{:08x}", self.crc);
-        if self.stored != self.entry.stored_bytes || crc != self.entry.crc32c {
-            return Err(CheckpointError::Corrupt(format!(
-                "{}: checksum mismatch: read {} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
-                self.shown, self.stored, self.entry.stored_bytes, self.entry.crc32c
-            )));
+        if let Some(mismatch) = self.mismatch() {
+            return Err(mismatch);
         }
         if self.original != self.entry.bytes || rest > 0 {
             return Err(CheckpointError::Corrupt(format!(

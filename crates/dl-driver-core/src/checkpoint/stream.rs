@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use super::state::StateReader;
 use crate::metrics::Latency;
 use crate::sink::data::SampleBytes;
 use crate::sink::{ChannelSink, Sink, SinkWriter};
-use crate::storage::{AlignedBuf, BufferPool, LocalFiles, StorageError, Store};
+use crate::storage::{BufferPool, LocalFiles, StorageError, Store};
 
 /// Bytes handed from the producing thread to the uploader at a time (and read at a time).
 pub const CHUNK: usize = crate::sink::HANDOFF;
@@ -239,68 +239,8 @@ async fn upload(
     Ok(produced)
 }
 
-/// Checks a checkpoint file's bytes as they stream past: CRC-32C, size, and decompression when compressed.
-struct Verifier {
-    shown: String,
-    crc: u32,
-    stored: u64,
-    decoder: Option<zstd::stream::raw::Decoder<'static>>,
-    out: Vec<u8>,
-    original: u64,
-    broken: Option<String>,
-}
-
-impl Verifier {
-    fn new(shown: String, compressed: bool) -> Result<Self, CheckpointError> {
-        let decoder = if compressed {
-            Some(zstd::stream::raw::Decoder::new().map_err(|e| CheckpointError::Invalid(e.to_string()))?)
-        } else {
-            None
-        };
-        let out = vec![0u8; if compressed { 1 << 20 } else { 0 }];
-        Ok(Self { shown, crc: 0, stored: 0, decoder, out, original: 0, broken: None })
-    }
-
-    fn feed(&mut self, chunk: &[u8]) {
-        self.crc = crc32c::crc32c_append(self.crc, chunk);
-        self.stored += chunk.len() as u64;
-        match &mut self.decoder {
-            None => self.original += chunk.len() as u64,
-            Some(d) => match decompress(d, chunk, &mut self.out) {
-                Ok(n) => self.original += n,
-                // Keep reading: a checksum mismatch, if there is one, says more than the decoder's complaint.
-                Err(e) => {
-                    self.decoder = None;
-                    self.broken = Some(format!("{}: zstd: {e}", self.shown));
-                }
-            },
-        }
-    }
-
-    fn finish(self, entry: &FileEntry) -> Result<u64, CheckpointError> {
-        let crc = format!("{:08x}", self.crc);
-        if self.stored != entry.stored_bytes || crc != entry.crc32c {
-            return Err(CheckpointError::Corrupt(format!(
-                "{}: checksum mismatch: read {} bytes with CRC-32C {crc}, the manifest says {} bytes with {}",
-                self.shown, self.stored, entry.stored_bytes, entry.crc32c
-            )));
-        }
-        if let Some(message) = self.broken {
-            return Err(CheckpointError::Corrupt(message));
-        }
-        if self.original != entry.bytes {
-            return Err(CheckpointError::Corrupt(format!(
-                "{}: decompressed to {} bytes, the manifest says {}",
-                self.shown, self.original, entry.bytes
-            )));
-        }
-        Ok(self.stored)
-    }
-}
-
-/// Reads a checkpoint file back and verifies it against its manifest entry, advancing `progress` by the stored
-/// bytes read; returns their count. Local files are read in large sequential reads into one reused buffer on a
-/// blocking thread; objects are streamed.
+/// Reads a checkpoint file back and verifies it against its manifest entry (the [`StateReader`]'s checks),
+/// advancing `progress` by the stored bytes read; returns their count.
 pub async fn read_file(
     store: &Store,
     key: &str,
@@ -308,46 +248,16 @@ pub async fn read_file(
     compressed: bool,
     progress: &ProgressBar,
 ) -> Result<u64, CheckpointError> {
-    let mut verifier = Verifier::new(store.uri().join(key).to_string(), compressed)?;
-    if let Some(local) = store.local() {
-        let size = store.head(key).await?.size;
-        let (owned_key, entry, progress) = (key.to_string(), entry.clone(), progress.clone());
-        return tokio::task::spawn_blocking(move || {
-            let mut buf = AlignedBuf::with_capacity(CHUNK);
-            let mut at = 0;
-            while at < size {
-                let end = size.min(at + CHUNK as u64);
-                let fetched = local.fetch(&owned_key, Some(at..end), buf, None)?;
-                verifier.feed(&fetched.buf.as_slice()[fetched.skip..]);
-                progress.inc(end - at);
-                buf = fetched.buf;
-                at = end;
-            }
-            verifier.finish(&entry)
-        })
-        .await
-        .map_err(|e| CheckpointError::Invalid(format!("{key}: the reader failed: {e}")))?;
-    }
-    let mut stream = store.get_stream(key).await?;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        verifier.feed(&chunk);
-        progress.inc(chunk.len() as u64);
-    }
-    verifier.finish(entry)
-}
-
-fn decompress(decoder: &mut zstd::stream::raw::Decoder<'_>, input: &[u8], out: &mut [u8]) -> io::Result<u64> {
-    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-    let mut input = InBuffer::around(input);
-    let mut produced = 0u64;
+    let mut reader = StateReader::open(store, key, entry, compressed).await?;
+    let mut counted = 0;
     loop {
-        let mut output = OutBuffer::around(&mut *out);
-        decoder.run(&mut input, &mut output)?;
-        let n = output.pos();
-        produced += n as u64;
-        if input.pos() == input.src.len() && n < out.len() {
-            return Ok(produced);
+        let done = reader.next_chunk(usize::MAX).await?.is_empty();
+        progress.inc(reader.stored() - counted);
+        counted = reader.stored();
+        if done {
+            break;
         }
     }
+    reader.finish().await?;
+    Ok(counted)
 }
