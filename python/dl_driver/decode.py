@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dl_driver import _core
 from dl_driver._core import FormatError
 
 Sample = dict[str, npt.NDArray[Any]]
@@ -198,6 +199,17 @@ def _image(view: memoryview, where: str) -> Sample:
             return {"x": np.asarray(image)}
     except (UnidentifiedImageError, OSError) as e:
         raise FormatError(f"{where}: not a readable image: {e}") from e
+
+
+def batch_samples(fmt: str, batch: _core.PyBatch, where: str, raw: bool) -> Any:
+    """One pipeline batch as the samples' arrays stacked by name (``raw``: a list of each sample's bytes)."""
+    data = memoryview(batch.data)
+    if raw:
+        return [bytes(data[s:e]) for s, e in batch.spans]
+    items = [
+        decode(fmt, data[s:e], f"sample {i} ({where})") for (s, e), i in zip(batch.spans, batch.samples, strict=True)
+    ]
+    return {name: np.stack([item[name] for item in items]) for name in items[0]}
 
 
 def decode(fmt: str, view: memoryview, where: str = "sample") -> Sample:

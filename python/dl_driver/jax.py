@@ -23,7 +23,7 @@ import numpy as np
 from dl_driver import _core, state
 from dl_driver._core import ConfigError
 from dl_driver.config import Config, as_config
-from dl_driver.decode import decode
+from dl_driver.decode import batch_samples
 
 try:
     import jax
@@ -91,16 +91,8 @@ class DlioIterator:
             self._batches = None
             raise
         self.step = batch.step + 1
-        data = memoryview(batch.data)
-        if self.raw:
-            return [bytes(data[s:e]) for s, e in batch.spans]
-        where = f"{self.split}, epoch {self.epoch}"
-        items = [
-            decode(self._format, data[s:e], f"sample {i} ({where})")
-            for (s, e), i in zip(batch.spans, batch.samples, strict=True)
-        ]
-        out = {name: np.stack([item[name] for item in items]) for name in items[0]}
-        if self.device_put is False or self.device_put is None:
+        out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw)
+        if self.raw or self.device_put is False or self.device_put is None:
             return out
         target = None if self.device_put is True else self.device_put
         return {name: jax.device_put(a, target) for name, a in out.items()}

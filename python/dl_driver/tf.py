@@ -24,7 +24,7 @@ import numpy as np
 from dl_driver import _core, launcher, state
 from dl_driver._core import CheckpointError, ConfigError
 from dl_driver.config import Config, as_config
-from dl_driver.decode import decode
+from dl_driver.decode import batch_samples
 
 try:
     import keras
@@ -73,25 +73,14 @@ def make_dataset(
     varying = float(cfg.dataset.record_length_bytes_stdev or 0) > 0
     cursor = _Cursor(epoch)
 
-    def samples(batch: _core.PyBatch) -> list[Any]:
-        data = memoryview(batch.data)
-        if raw:
-            return [bytes(data[s:e]) for s, e in batch.spans]
-        where = f"{split}, epoch {cursor.epoch}"
-        return [
-            decode(fmt, data[s:e], f"sample {i} ({where})")
-            for (s, e), i in zip(batch.spans, batch.samples, strict=True)
-        ]
-
-    def stacked(items: list[Any]) -> Any:
-        if raw:
-            return np.array(items, dtype=object)
-        return {name: np.stack([item[name] for item in items]) for name in items[0]}
+    def stacked(batch: _core.PyBatch) -> Any:
+        got = batch_samples(fmt, batch, f"{split}, epoch {cursor.epoch}", raw)
+        return np.array(got, dtype=object) if raw else got
 
     first = next(iter(_core.Batches(text, split, epoch, rank, size, 0, 1, 0)), None)
     if first is None:
         raise ConfigError(f"{split}: this rank has no batch in epoch {epoch} (check the dataset's size)")
-    example = stacked(samples(first))
+    example = stacked(first)
     if raw:
         spec: Any = tf.TensorSpec(shape=(None,), dtype=tf.string)
     else:
@@ -105,7 +94,7 @@ def make_dataset(
     def batches() -> Iterator[Any]:
         for batch in _core.Batches(text, split, cursor.epoch, rank, size, 0, 1, cursor.step):
             cursor.step = batch.step + 1
-            yield stacked(samples(batch))
+            yield stacked(batch)
         cursor.step = 0
 
     dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
