@@ -120,13 +120,39 @@ def test_ranks_and_workers_are_disjoint_and_cover_the_epoch(tmp_path: Path) -> N
     assert Counter(seen) == Counter(epoch_keys(cfg)) and len(set(seen)) == 12
 
 
-def test_make_dataloader_takes_dlios_batch_threads_and_prefetch(tmp_path: Path) -> None:
+def test_make_dataloader_yields_dlios_batches_as_views_of_the_batch_buffer(tmp_path: Path) -> None:
     cfg = workload(tmp_path)
+    samples = list(DlioDataset(cfg))
     loader = make_dataloader(cfg)
-    assert (loader.batch_size, loader.num_workers, loader.prefetch_factor) == (2, 2, 3)
+    assert loader.num_workers == 0 and loader.dataset.batch_size == 2
     batches = list(loader)
-    assert len(batches) == 6 and batches[0]["x"].shape[0] == 2
-    assert make_dataloader(cfg, num_workers=0, batch_size=4).batch_size == 4
+    assert len(batches) == 6 and all(b["x"].shape[0] == 2 for b in batches)
+    for i, batch in enumerate(batches):
+        for name in ("x", "y"):
+            assert torch.equal(batch[name], torch.stack([samples[2 * i][name], samples[2 * i + 1][name]]))
+    # npz samples of one shape: the batch's x is a strided view of the pipeline's batch buffer, not a copy.
+    # (A copy would be contiguous: the view steps over each sample's npz framing between the arrays.)
+    x = batches[0]["x"]
+    assert not x.is_contiguous() and x.stride(0) > x[0].numel() and x[0].is_contiguous()
+    assert [len(b["x"]) for b in make_dataloader(cfg, batch_size=4)] == [4, 4, 4]
+    assert len(list(make_dataloader(cfg, batch_size=None))) == 12
+    workers = make_dataloader(cfg, num_workers=2)
+    assert workers.prefetch_factor == 3
+    assert Counter(key(b["x"][i]) for b in workers for i in range(2)) == Counter(key(s["x"]) for s in samples)
+    with pytest.raises(dl_driver.ConfigError, match="batch_size 0: expected an integer >= 1"):
+        DlioDataset(cfg, batch_size=0)
+
+
+def test_a_batch_of_samples_of_different_shapes_is_stacked_or_refused(tmp_path: Path) -> None:
+    # npy samples of one file share a shape; a batch across files of two shapes cannot be one array.
+    cfg = workload(tmp_path, "npy", **{"dataset.record_length_bytes_stdev": 4096})
+    with pytest.raises(dl_driver.FormatError, match=r"'x' of the batch's samples has shapes .* and .*: one array "
+                                                    r"needs one shape; use batch_size=None"):
+        list(DlioDataset(cfg, batch_size=12))
+    # A deflated npz member is inflated into its own memory: the batch is a stacked copy.
+    cfg = workload(tmp_path / "zip", "npz", **{"dataset.compression": "zip"})
+    batch = next(iter(DlioDataset(cfg, batch_size=2)))
+    assert torch.equal(batch["x"], torch.stack([s["x"] for s in list(DlioDataset(cfg))[:2]]))
 
 
 def test_seeded_epochs_and_set_epoch(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ decodes them). Other formats have no decoder yet: :func:`decode` raises ``Format
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import zipfile
 import zlib
@@ -209,7 +210,44 @@ def batch_samples(fmt: str, batch: _core.PyBatch, where: str, raw: bool) -> Any:
     items = [
         decode(fmt, data[s:e], f"sample {i} ({where})") for (s, e), i in zip(batch.spans, batch.samples, strict=True)
     ]
-    return {name: np.stack([item[name] for item in items]) for name in items[0]}
+    start = np.frombuffer(data, dtype=np.uint8).__array_interface__["data"][0] if len(data) else 0
+    out = {}
+    for name in items[0]:
+        arrays = [item[name] for item in items]
+        shapes = sorted({a.shape for a in arrays})
+        if len(shapes) > 1:
+            raise FormatError(
+                f"'{name}' of the batch's samples has shapes {shapes[0]} and {shapes[1]} ({where}): one array needs one"
+                " shape; use batch_size=None (single samples) or raw=True"
+            )
+        out[name] = stack(arrays, (start, start + len(data)))
+    return out
+
+
+def stack(arrays: list[npt.NDArray[Any]], within: tuple[int, int]) -> npt.NDArray[Any]:
+    """The arrays along a new first axis. Views of one batch buffer (addresses in ``within``) that lie at equal steps
+    with one shape, dtype and strides -- the samples of files of one layout -- give a read-only view of that buffer
+    (no copy); other arrays are copied (``np.stack``)."""
+    first = arrays[0]
+    at = [a.__array_interface__["data"][0] for a in arrays]
+    step = at[1] - at[0] if len(arrays) > 1 else 0
+    span = max([0, *(s * (n - 1) for s, n in zip(first.strides, first.shape, strict=True))]) + first.itemsize
+    if (
+        len(arrays) > 1
+        and not first.flags.writeable
+        and first.dtype != object
+        and step > 0
+        and step % first.itemsize == 0
+        and all(s >= 0 for s in first.strides)
+        and within[0] <= at[0]
+        and at[-1] + span <= within[1]
+        and all(b - a == step for a, b in itertools.pairwise(at))
+        and all(a.shape == first.shape and a.dtype == first.dtype and a.strides == first.strides for a in arrays)
+    ):
+        return np.lib.stride_tricks.as_strided(
+            first, (len(arrays), *first.shape), (step, *first.strides), writeable=False
+        )
+    return np.stack(arrays)
 
 
 def decode(fmt: str, view: memoryview, where: str = "sample") -> Sample:

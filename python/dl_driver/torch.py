@@ -1,13 +1,17 @@
 """PyTorch input pipelines on dl-driver's reader (extra ``dl-driver[torch]``).
 
-``DlioDataset(cfg)`` is an ``IterableDataset`` of one epoch's samples of a DLIO workload, read by the Rust pipeline
-(the workload's storage, any backend), sharded as DLIO shards them: each rank reads its contiguous range of the
-epoch's seeded global order, and a DataLoader worker reads every ``num_workers``-th batch of its rank's, so ranks x
-workers are disjoint and together read the epoch. Samples come decoded as the files hold them
-(:mod:`dl_driver.decode`: npy/npz arrays ``x`` and ``y``, tfrecord features, image pixels) as tensors that share the
-pipeline's buffer (read-only: ``.clone()`` gives a writable one), or as one uint8 tensor of the sample's bytes with
-``raw=True``. ``make_dataloader(cfg)`` is a ``DataLoader`` over it with DLIO's batch size, ``read_threads`` workers and
-``prefetch_size``. ``state_dict()`` / ``load_state_dict()`` resume mid-epoch (per worker, as torchdata's
+``DlioDataset(cfg)`` is an ``IterableDataset`` of one epoch's samples of a DLIO workload (or, with ``batch_size=N``,
+of its batches), read by the Rust pipeline (the workload's storage, any backend; ``reader.read_threads`` reads in
+flight and ``reader.prefetch_size`` batches ready ahead, in this process, the GIL released), sharded as DLIO shards
+them: each rank reads its contiguous range of the epoch's seeded global order, and a DataLoader worker reads every
+``num_workers``-th batch of its rank's, so ranks x workers are disjoint and together read the epoch. Samples come
+decoded as the files hold them (:mod:`dl_driver.decode`: npy/npz arrays ``x`` and ``y``, tfrecord features, image
+pixels) as tensors that share the pipeline's buffer (read-only: ``.clone()`` gives a writable one), or as one uint8
+tensor of the sample's bytes with ``raw=True``; a batch's tensors are views of the batch's buffer too when its samples
+have one layout (npy, stored npz), else stacked copies. ``make_dataloader(cfg)`` is a ``DataLoader`` of those batches
+with DLIO's ``batch_size``: its reads run in the pipeline's threads, so it starts no worker processes unless
+``num_workers`` asks (each worker then runs a pipeline over its share and hands its batches over through shared
+memory, a copy). ``state_dict()`` / ``load_state_dict()`` resume mid-epoch (per worker, as torchdata's
 ``StatefulDataLoader`` asks its dataset); ``set_epoch(e)`` moves to another epoch's order. Each worker process builds
 its own runtime (fork, spawn and forkserver alike).
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,7 +44,7 @@ from dl_driver import _core, launcher, state
 from dl_driver import storage as dl_storage
 from dl_driver._core import CheckpointError, ConfigError
 from dl_driver.config import Config, as_config
-from dl_driver.decode import decode
+from dl_driver.decode import batch_samples, decode
 
 try:
     import torch
@@ -76,7 +81,8 @@ def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 class DlioDataset(IterableDataset[Any]):
-    """One epoch of ``split`` ('train' or 'valid') of a DLIO workload, sample by sample (see the module's doc)."""
+    """One epoch of ``split`` ('train' or 'valid') of a DLIO workload, sample by sample, or batch by batch with
+    ``batch_size`` (which replaces the workload's batch size for the split; see the module's doc)."""
 
     def __init__(
         self,
@@ -87,15 +93,24 @@ class DlioDataset(IterableDataset[Any]):
         epoch: int = 1,
         rank: int | None = None,
         world_size: int | None = None,
+        batch_size: int | None = None,
     ) -> None:
         cfg = as_config(config)
         if split not in ("train", "valid"):
             raise ConfigError(f"split '{split}': expected 'train' or 'valid'")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ConfigError(f"batch_size {batch_size!r}: expected an integer >= 1, or None for single samples")
         self.split = split
         self.raw = raw
+        self.batch_size = batch_size
         self.rank, self.world_size = _placement(rank, world_size)
         # Only plain values: the dataset is pickled to spawn and forkserver workers.
-        self._json = cfg.to_json(redact=False)
+        document = json.loads(cfg.to_json(redact=False))
+        if batch_size is not None:
+            document["reader"]["batch_size" if split == "train" else "batch_size_eval"] = batch_size
+        self._json = json.dumps(document)
         self._format = str(cfg.dataset.format)
         self.epoch = epoch
         # Where the next iteration starts: a step of this worker's share and samples of it already yielded.
@@ -130,6 +145,14 @@ class DlioDataset(IterableDataset[Any]):
             self._json, self.split, self.epoch, self.rank, self.world_size, worker, workers, self._step
         )
         for batch in batches:
+            if self.batch_size is not None:
+                out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw)
+                self._step = batch.step + workers
+                if self.raw:
+                    yield [_tensor(np.frombuffer(b, dtype=np.uint8)) for b in out]
+                else:
+                    yield {name: _tensor(a) if a.dtype != object else a for name, a in out.items()}
+                continue
             data = memoryview(batch.data)
             skip, self._skip = (self._skip, 0) if batch.step == self._step else (0, 0)
             self._step = batch.step
@@ -159,15 +182,19 @@ def make_dataloader(
     world_size: int | None = None,
     **kwargs: Any,
 ) -> DataLoader[Any]:
-    """A ``DataLoader`` over :class:`DlioDataset` with DLIO's ``reader.batch_size``, ``reader.read_threads`` workers
-    and ``reader.prefetch_size`` (prefetch per worker) unless ``kwargs`` say otherwise; ``kwargs`` go to DataLoader."""
+    """A ``DataLoader`` of batches of :class:`DlioDataset` with DLIO's reader settings: ``reader.batch_size`` samples
+    per batch (``batch_size=N`` another size, ``batch_size=None`` single samples), read by the Rust pipeline with
+    ``reader.read_threads`` reads in flight and ``reader.prefetch_size`` batches ahead, in this process. Worker
+    processes only with ``num_workers`` > 0 (their ``prefetch_factor`` defaults to ``reader.prefetch_size``); other
+    ``kwargs`` go to DataLoader."""
     cfg = as_config(config)
-    dataset = DlioDataset(cfg, split, raw=raw, epoch=epoch, rank=rank, world_size=world_size)
-    reader = cfg.reader
-    options: dict[str, Any] = {"batch_size": int(reader.batch_size), "num_workers": int(reader.read_threads)}
+    workload = int(cfg.reader.batch_size if split == "train" else cfg.reader.batch_size_eval)
+    batch_size = kwargs.pop("batch_size", workload)
+    dataset = DlioDataset(cfg, split, raw=raw, epoch=epoch, rank=rank, world_size=world_size, batch_size=batch_size)
+    options: dict[str, Any] = {"batch_size": None, "num_workers": 0}
     options.update(kwargs)
     if options["num_workers"] > 0 and "prefetch_factor" not in kwargs:
-        options["prefetch_factor"] = max(1, int(reader.prefetch_size))
+        options["prefetch_factor"] = max(1, int(cfg.reader.prefetch_size))
     return DataLoader(dataset, **options)
 
 

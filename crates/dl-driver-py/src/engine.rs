@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use dl_driver_core::checkpoint::manifest;
 use dl_driver_core::comm::{Communicator, SingleProcess};
 use dl_driver_core::generate::layout::Split;
@@ -235,7 +234,7 @@ impl Batches {
         };
         self.failed = false;
         self.pipeline = Some(pipeline);
-        let data = batch.data.map_or_else(Bytes::new, Bytes::from_owner);
+        let data = batch.data.unwrap_or_default();
         Ok(Some(PyBatch {
             step: self.steps.pop_front().unwrap_or_default(),
             samples: batch.samples,

@@ -99,13 +99,20 @@ impl AlignedBuf {
 #[derive(Debug)]
 pub struct BufferPool {
     size: usize,
+    /// Free buffers kept at most; more are freed.
+    limit: usize,
     free: std::sync::Mutex<Vec<AlignedBuf>>,
 }
 
 impl BufferPool {
     /// A pool of `size`-byte buffers.
     pub fn new(size: usize) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self { size, free: std::sync::Mutex::default() })
+        std::sync::Arc::new(Self::bounded(size, usize::MAX))
+    }
+
+    /// A pool of buffers of at least `size` bytes (they keep the capacity they grew to) that keeps at most `limit`.
+    pub const fn bounded(size: usize, limit: usize) -> Self {
+        Self { size, limit, free: std::sync::Mutex::new(Vec::new()) }
     }
 
     /// An empty buffer with room for the pool's size.
@@ -118,7 +125,9 @@ impl BufferPool {
 
     pub fn give(&self, buffer: AlignedBuf) {
         if let Ok(mut free) = self.free.lock() {
-            free.push(buffer);
+            if free.len() < self.limit {
+                free.push(buffer);
+            }
         }
     }
 
