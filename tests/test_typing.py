@@ -185,8 +185,11 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("checkpoint_read_manifest", _core.checkpoint_read_manifest(state, "s"))
     reader = check("StateReader.__new__", _core.StateReader(state, "s/rank0-a.bin", entry, True))
     assert isinstance(reader, _core.StateReader)
-    back = bytes(check("StateReader.read", reader.read(4))) + bytes(reader.read(100))
-    assert back == b"0123456789" and len(reader.read(100)) == 0
+    back = bytearray(12)
+    assert check("StateReader.readinto", reader.readinto(memoryview(back)[:4])) == 4
+    assert reader.readinto(memoryview(back)[4:]) == 6 and back == b"0123456789\0\0"
+    with pytest.raises(dl_driver.ConfigError, match="the target must be a writable, contiguous buffer"):
+        reader.readinto(b"read-only")
     check("StateReader.finish", reader.finish())
 
     store = check("Store.__new__", _core.Store("memory://typing", {"max_in_flight": "2"}))

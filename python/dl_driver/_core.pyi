@@ -188,8 +188,9 @@ class StateReader:
     def __new__(
         cls, uri: str, key: str, entry_json: str, compressed: bool, options: dict[str, str] | None = None
     ) -> Self: ...
-    def read(self, size: int) -> Buffer:
-        """The file's next bytes, at most ``size`` (a view of the read buffer); empty at the end of the file."""
+    def readinto(self, target: BytesLike) -> int:
+        """Fills the writable, contiguous ``target`` with the file's next bytes (local files straight into it, several
+        reads at once); how many, fewer only at the end of the file. The GIL is released meanwhile."""
     def finish(self) -> None:
         """Reads what is left and checks the file against its manifest entry."""
 

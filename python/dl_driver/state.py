@@ -124,16 +124,12 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _read_into(reader: _core.StateReader, target: memoryview, where: str) -> None:
-    """Fills ``target`` with the file's next bytes, one read buffer at a time (each copied once, into the target)."""
-    filled = 0
-    while filled < len(target):
-        chunk = memoryview(reader.read(len(target) - filled))
-        if not chunk:
-            raise CheckpointError(
-                f"{where}: a file ended {len(target) - filled} bytes early (truncated, or not this manifest's)"
-            )
-        target[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
+    """Fills ``target`` with the file's next bytes (a local file's straight into it)."""
+    filled = reader.readinto(target) if len(target) else 0
+    if filled < len(target):
+        raise CheckpointError(
+            f"{where}: a file ended {len(target) - filled} bytes early (truncated, or not this manifest's)"
+        )
 
 
 def _files(rank: int) -> tuple[str, str]:

@@ -99,3 +99,55 @@ async fn pushed_state_round_trips_in_pieces_and_a_flipped_byte_fails() {
         assert!(failed.contains("checksum mismatch") || failed.contains("zstd"), "{key}: {failed}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_state_files_fill_targets_in_parallel_reads_with_the_same_checks() {
+    use dl_driver_core::checkpoint::state::{StateReader, StateWriter};
+    let dir = scratch("state-fill");
+    let store = open(&format!("file://{}", dir.display()), &StorageOptions::new()).unwrap();
+    // Large enough for several parallel parts (4 MiB each), with an odd tail.
+    let data: Vec<u8> = (0..(21 << 20) + 333).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let key = "c/rank0-tensors.bin";
+    let mut writer = StateWriter::create(&store, key, 0, None).await.unwrap();
+    writer.write(bytes::Bytes::from(data.clone())).await.unwrap();
+    let entry = writer.finish().await.unwrap();
+    // A small piece through the buffered path first: the next fill must not skip or repeat its bytes.
+    let mut reader = StateReader::open(&store, key, &entry, false).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(reader.read(&mut back[..100]).await.unwrap(), 100);
+    assert!(reader.fill_local(&mut back[100..]).is_none(), "bytes are buffered: the direct path must decline");
+    let mut at = 100;
+    while at < back.len() {
+        at += reader.read(&mut back[at..]).await.unwrap();
+    }
+    assert!(back == data);
+    reader.finish().await.unwrap();
+    // Straight into the target, in pieces around the part size, then past the end.
+    let mut reader = StateReader::open(&store, key, &entry, false).await.unwrap();
+    let mut back = vec![0u8; data.len() + 10];
+    let mut at = 0;
+    for size in [(9 << 20) + 5, 1, 12 << 20, 1 << 20] {
+        let end = (at + size).min(back.len());
+        at += reader.fill_local(&mut back[at..end]).expect("a local uncompressed file").unwrap();
+    }
+    assert_eq!(at, data.len(), "fewer bytes only at the end of the file");
+    assert!(back[..data.len()] == data[..]);
+    reader.finish().await.unwrap();
+    // A flipped byte in the middle of a parallel part fails the combined CRC.
+    let path = dir.join(key);
+    let mut stored = std::fs::read(&path).unwrap();
+    stored[13 << 20] ^= 0x01;
+    std::fs::write(&path, stored).unwrap();
+    let mut reader = StateReader::open(&store, key, &entry, false).await.unwrap();
+    let mut sink = vec![0u8; data.len()];
+    assert_eq!(reader.fill_local(&mut sink).unwrap().unwrap(), data.len());
+    let failed = reader.finish().await.unwrap_err().to_string();
+    assert!(failed.contains("checksum mismatch"), "{failed}");
+    // zstd files and object stores decline: the caller reads through the buffered path.
+    let memory = open("memory://state-fill", &StorageOptions::new()).unwrap();
+    let mut writer = StateWriter::create(&memory, key, 0, None).await.unwrap();
+    writer.write(bytes::Bytes::from(data[..1000].to_vec())).await.unwrap();
+    let entry = writer.finish().await.unwrap();
+    let mut reader = StateReader::open(&memory, key, &entry, false).await.unwrap();
+    assert!(reader.fill_local(&mut sink[..1000]).is_none());
+}

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::runtime;
-use crate::storage::{open_store, Buffer};
+use crate::storage::open_store;
 
 fn closed(what: &str) -> Error {
     Error::config(format!("this {what} is closed (finished, or stopped by an error)"))
@@ -106,17 +106,30 @@ impl StateReader {
         Ok(Self { inner: Mutex::new(Some(reader)) })
     }
 
-    /// The file's next bytes, at most `size` of them, as a Buffer that views the read buffer (no copy); empty at the
-    /// end of the file.
-    fn read(&self, py: Python<'_>, size: usize) -> Result<Py<Buffer>> {
+    /// Fills `target` (a writable, contiguous buffer: a new tensor's memory) with the file's next bytes; returns how
+    /// many (fewer only at the end of the file). Local files are read straight into it, several reads at once;
+    /// others through the read buffer, one copy. The GIL is released meanwhile: nothing else may use `target`.
+    fn readinto(&self, py: Python<'_>, target: PyBuffer<u8>) -> Result<usize> {
+        if target.readonly() || !target.is_c_contiguous() {
+            return Err(Error::config("StateReader.readinto: the target must be a writable, contiguous buffer"));
+        }
+        let (at, len) = (target.buf_ptr() as usize, target.len_bytes());
+        // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` bytes until this function
+        // returns (it outlives both calls below, which finish before it does); the caller gives it to this call alone.
+        #[allow(unsafe_code)]
+        let memory = move || unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
         let mut reader = take(&self.inner, "StateReader")?;
-        let (chunk, reader) = runtime::run(py, async move {
-            let chunk = reader.next_chunk(size).await;
-            (chunk, reader)
-        })?;
-        let chunk = chunk?;
+        let (filled, reader) = match py.detach(|| reader.fill_local(memory())) {
+            Some(filled) => (filled, reader),
+            None => runtime::run(py, async move {
+                let filled = reader.read(memory()).await;
+                (filled, reader)
+            })?,
+        };
+        let filled = filled?;
         put(&self.inner, reader);
-        Ok(Py::new(py, Buffer::from(chunk))?)
+        drop(target);
+        Ok(filled)
     }
 
     /// Reads what is left and checks the file against its manifest entry.

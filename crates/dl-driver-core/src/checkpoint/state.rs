@@ -117,29 +117,84 @@ impl StateWriter {
     }
 }
 
+/// Threads filling one target at most, and the least bytes each reads.
+const MAX_FILL_THREADS: usize = 8;
+const MIN_FILL_PART: usize = 4 << 20;
+
+/// `crc` continued over `data`, its `parts` computed on as many threads and combined in order.
+fn crc32c_append_parallel(crc: u32, data: &[u8], parts: usize) -> u32 {
+    if parts <= 1 {
+        return crc32c::crc32c_append(crc, data);
+    }
+    let part = data.len().div_ceil(parts).max(1);
+    std::thread::scope(|scope| {
+        let pieces: Vec<_> = data.chunks(part).map(|c| (scope.spawn(move || crc32c::crc32c(c)), c.len())).collect();
+        pieces.into_iter().fold(crc, |acc, (piece, len)| {
+            let piece = piece.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            crc32c::crc32c_combine(acc, piece, len)
+        })
+    })
+}
+
 /// Where a file's stored bytes come from: large reads on a blocking thread for local files, into pooled buffers that
 /// come back when their bytes are consumed (object_store's stream of a local file, and fresh buffers, page-faulted
-/// their way to a fraction of the speed), the object's stream otherwise.
+/// their way to a fraction of the speed), one read ahead of the consumer (it copies the last one meanwhile: loading
+/// a state into fresh tensors is bound by that copy's page faults, and the read overlaps it); the object's stream
+/// otherwise.
 enum Source {
-    Local { files: Box<LocalFiles>, key: String, at: u64, size: u64, pool: std::sync::Arc<BufferPool> },
+    Local(Box<LocalSource>),
     Stream(BoxStream<'static, Result<Bytes, StorageError>>),
+}
+
+struct LocalSource {
+    files: LocalFiles,
+    key: String,
+    /// Where the next read to start begins.
+    at: u64,
+    size: u64,
+    pool: std::sync::Arc<BufferPool>,
+    ahead: Option<tokio::task::JoinHandle<Result<Bytes, StorageError>>>,
+}
+
+impl LocalSource {
+    /// Starts reading the next chunk, if any is left.
+    fn read_ahead(&mut self) {
+        if self.at >= self.size {
+            return;
+        }
+        let range = self.at..self.size.min(self.at + CHUNK as u64);
+        self.at = range.end;
+        let (files, key, pool) = (self.files.clone(), self.key.clone(), std::sync::Arc::clone(&self.pool));
+        self.ahead = Some(tokio::task::spawn_blocking(move || {
+            let fetched = files.fetch(&key, Some(range), pool.take(), None)?;
+            Ok(BufferPool::lend(&pool, fetched.buf).slice(fetched.skip..))
+        }));
+    }
 }
 
 impl Source {
     async fn next(&mut self) -> Result<Option<Bytes>, CheckpointError> {
         match self {
             Self::Stream(stream) => Ok(stream.next().await.transpose()?),
-            Self::Local { at, size, .. } if *at >= *size => Ok(None),
-            Self::Local { files, key, at, size, pool } => {
-                let (files, owned, range) =
-                    (LocalFiles::clone(files), key.clone(), *at..(*size).min(*at + CHUNK as u64));
-                *at = range.end;
-                let buf = pool.take();
-                let fetched = tokio::task::spawn_blocking(move || files.fetch(&owned, Some(range), buf, None))
+            Self::Local(local) => {
+                if local.ahead.is_none() {
+                    local.read_ahead();
+                }
+                let Some(pending) = local.ahead.take() else { return Ok(None) };
+                let chunk = pending
                     .await
-                    .map_err(|e| CheckpointError::Invalid(format!("{key}: the reader failed: {e}")))??;
-                Ok(Some(BufferPool::lend(pool, fetched.buf).slice(fetched.skip..)))
+                    .map_err(|e| CheckpointError::Invalid(format!("{}: the reader failed: {e}", local.key)))??;
+                local.read_ahead();
+                Ok(Some(chunk))
             }
+        }
+    }
+}
+
+impl Drop for LocalSource {
+    fn drop(&mut self) {
+        if let Some(pending) = self.ahead.take() {
+            pending.abort();
         }
     }
 }
@@ -170,13 +225,14 @@ impl StateReader {
             None
         };
         let source = match store.local() {
-            Some(files) => Source::Local {
-                files: Box::new(files),
+            Some(files) => Source::Local(Box::new(LocalSource {
+                files,
                 key: key.to_string(),
                 at: 0,
                 size: store.head(key).await?.size,
                 pool: BufferPool::new(CHUNK),
-            },
+                ahead: None,
+            })),
             None => Source::Stream(store.get_stream(key).await?.boxed()),
         };
         Ok(Self {
@@ -281,6 +337,33 @@ impl StateReader {
         let chunk = self.ready.slice(self.at..self.at + n);
         self.at += n;
         Ok(chunk)
+    }
+
+    /// Fills `target` with the file's next bytes straight from a local file through the page cache, several
+    /// positioned reads at once (filling fresh memory, such as new tensors, is bound by its page faults, which then
+    /// run in parallel), CRC-32C over them in parallel too; returns how many (fewer only at the end of the file).
+    /// `None` when this reader cannot (zstd, an object store, O_DIRECT, or bytes already buffered): use
+    /// [`Self::read`]. Blocks the calling thread.
+    pub fn fill_local(&mut self, target: &mut [u8]) -> Option<Result<usize, CheckpointError>> {
+        if self.decoder.is_some() || self.at < self.ready.len() || !self.input.is_empty() {
+            return None;
+        }
+        let Source::Local(local) = &mut self.source else { return None };
+        if local.ahead.is_some() {
+            return None;
+        }
+        let n = usize::try_from(local.size.saturating_sub(local.at)).unwrap_or(usize::MAX).min(target.len());
+        let target = &mut target[..n];
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(MAX_FILL_THREADS);
+        let parts = (n / MIN_FILL_PART).clamp(1, threads);
+        if let Err(e) = local.files.read_exact_at(&local.key, local.at, target, parts)? {
+            return Some(Err(e.into()));
+        }
+        local.at += n as u64;
+        self.crc = crc32c_append_parallel(self.crc, target, parts);
+        self.stored += n as u64;
+        self.original += n as u64;
+        Some(Ok(n))
     }
 
     /// Fills `buf` with the file's next bytes; returns how many (fewer only at the end of the file).

@@ -73,6 +73,37 @@ impl LocalStore {
         options.open(path).map_err(|e| refused_direct(e, self.direct, path))
     }
 
+    /// Fills `target` from `location` at `offset` with positioned reads through the page cache, `parts` of them at once
+    /// (on as many threads: filling fresh memory is bound by its page faults, which then run in parallel). `None` with
+    /// O_DIRECT, whose reads need aligned buffers.
+    pub fn read_exact_at(
+        &self,
+        location: &Path,
+        offset: u64,
+        target: &mut [u8],
+        parts: usize,
+    ) -> Option<io::Result<()>> {
+        if self.direct {
+            return None;
+        }
+        let file = match self.open_read(&self.path_of(location)) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
+        };
+        let part = target.len().div_ceil(parts.max(1)).max(1);
+        Some(std::thread::scope(|scope| {
+            let reads: Vec<_> = target
+                .chunks_mut(part)
+                .enumerate()
+                .map(|(i, piece)| {
+                    let file = &file;
+                    scope.spawn(move || file.read_exact_at(piece, offset + (i * part) as u64))
+                })
+                .collect();
+            reads.into_iter().try_for_each(|r| r.join().unwrap_or_else(|_| Err(io::Error::other("a read panicked"))))
+        }))
+    }
+
     /// Reads `range` (whole object when `None`) of `location` into `buf`, reusing its memory; returns the object size.
     /// The bytes read start at `buf.as_slice()[offset..]` where `offset` is the returned pair's second element
     /// (non-zero only with O_DIRECT, whose reads start at an aligned offset).

@@ -81,6 +81,23 @@ impl LocalFiles {
         StorageError::from_io(&self.store.shown(key), "write", error)
     }
 
+    /// Fills `target` with `key`'s bytes from `offset`, `parts` positioned reads at once on the calling thread and
+    /// as many more; `None` on an O_DIRECT store (see [`LocalStore::read_exact_at`]).
+    pub fn read_exact_at(
+        &self,
+        key: &str,
+        offset: u64,
+        target: &mut [u8],
+        parts: usize,
+    ) -> Option<Result<(), StorageError>> {
+        let location = match self.store.location(key) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let done = self.local.read_exact_at(&location, offset, target, parts)?;
+        Some(done.map_err(|e| StorageError::from_io(&self.store.shown(key), "read", &e)))
+    }
+
     /// [`Store::fetch`] on the calling thread, for callers that read many small objects.
     pub fn fetch(
         &self,
