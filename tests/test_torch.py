@@ -68,6 +68,50 @@ def test_npz_and_npy_samples_are_numpys_arrays_as_zero_copy_views(tmp_path: Path
         assert inside == ("dataset.compression" not in extra) and array.flags.writeable is False
 
 
+def hdf5_rows_in_files(folder: Path) -> Counter[bytes]:
+    """Every sample of the hdf5 files under ``folder`` as h5py reads it: its records_* rows' bytes, in order."""
+    import h5py
+
+    rows: Counter[bytes] = Counter()
+    for path in sorted(folder.rglob("*.hdf5")):
+        with h5py.File(path, "r") as f:
+            names = sorted(n for n in f if n.startswith("records_"))
+            for i in range(f[names[0]].shape[0]):
+                rows[b"".join(np.asarray(f[n][i]).tobytes() for n in names)] += 1
+    return rows
+
+
+def test_hdf5_samples_are_their_datasets_rows(tmp_path: Path) -> None:
+    # dl-driver's files: contiguous datasets, whose rows the pipeline maps; the arrays are views of its buffer.
+    cfg = workload(tmp_path, "hdf5", **{
+        "dataset.num_samples_per_file": 3, "dataset.record_dims": [4, 6], "dataset.record_element_type": "float32",
+        "dataset.hdf5.num_dset_per_record": 2, "dataset.num_files_train": 4})
+    items = list(DlioDataset(cfg))
+    assert len(items) == 12 and all(set(i) == {"records_0", "records_1"} for i in items)
+    assert all(i["records_0"].dtype == torch.float32 and tuple(i["records_0"].shape) == (2, 6) for i in items)
+    got = Counter(b"".join(i[n].numpy().tobytes() for n in ("records_0", "records_1")) for i in items)
+    assert got == hdf5_rows_in_files(tmp_path / "data" / "train")
+    assert not items[0]["records_1"].numpy().flags.owndata
+    batch = next(iter(DlioDataset(cfg, batch_size=2)))
+    assert tuple(batch["records_0"].shape) == (2, 2, 6)
+    # Files the pipeline cannot map (h5py's own layout, as DLIO writes them) are read whole and decoded by h5py.
+    import h5py
+
+    dlio = tmp_path / "dlio"
+    (dlio / "train").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        with h5py.File(dlio / "train" / f"img_{i}_of_4.hdf5", "w") as f:
+            f.create_dataset("records_0", data=rng.integers(0, 255, size=(3, 8, 8), dtype=np.uint8))
+            f.create_dataset("labels", data=np.zeros(3, dtype=np.int64))
+    cfg.dataset.data_folder = str(dlio)
+    cfg.dataset.record_element_type = "uint8"
+    cfg.dataset.hdf5.num_dset_per_record = 1
+    items = list(DlioDataset(cfg))
+    assert len(items) == 12 and all(tuple(i["records_0"].shape) == (8, 8) for i in items)
+    assert Counter(i["records_0"].numpy().tobytes() for i in items) == hdf5_rows_in_files(dlio / "train")
+
+
 def test_tfrecord_samples_are_the_examples_features(tmp_path: Path) -> None:
     tf = pytest.importorskip("tensorflow")
     cfg = workload(tmp_path, "tfrecord")

@@ -169,7 +169,7 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     check("Batches.__iter__", iter(epoch))
     batch = check("Batches.__next__", next(epoch))
     assert isinstance(batch, _core.PyBatch) and batch.samples and batch.spans
-    for field in ("step", "samples", "spans", "data", "bytes_read"):
+    for field in ("step", "samples", "spans", "data", "bytes_read", "arrays"):
         check(f"PyBatch.{field}", getattr(batch, field))
 
     state = str(tmp_path / "state")

@@ -229,6 +229,10 @@ class PyBatch:
     def data(self) -> Buffer: ...
     @property
     def bytes_read(self) -> int: ...
+    @property
+    def arrays(self) -> list[tuple[list[str], str, list[int]] | None]:
+        """Per sample, when its file is hdf5 with mapped rows: the datasets (a row of each, back to back), numpy's
+        dtype and the row's shape; else None."""
 
 @final
 class Batches:

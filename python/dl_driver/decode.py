@@ -2,9 +2,12 @@
 
 npy and npz give their arrays (``x``, and ``y`` where present) with their dtype and shape, as views of the sample's
 bytes when the array is stored uncompressed (no copy; read-only: ``.copy()`` gives a writable one); a deflated npz
-member is inflated. A tfrecord record gives its ``tf.train.Example`` features (a single bytes value as a uint8 view,
-int64 and float lists as arrays; the pipeline has checked the record's CRCs). jpeg and png give their pixels (Pillow
-decodes them). Other formats have no decoder yet: :func:`decode` raises ``FormatError`` naming the format.
+member is inflated. hdf5 gives the sample's row of each ``records_*`` dataset by name, as views too when the pipeline
+mapped the file's rows (contiguous datasets, as dl-driver writes them; the batch says their dtype and shape), else
+through h5py from the whole file (DLIO's files: ``pip install h5py``). A tfrecord record gives its
+``tf.train.Example`` features (a single bytes value as a uint8 view, int64 and float lists as arrays; the pipeline has
+checked the record's CRCs). jpeg and png give their pixels (Pillow decodes them). Other formats have no decoder yet:
+:func:`decode` raises ``FormatError`` naming the format.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from dl_driver import _core
 from dl_driver._core import FormatError
 
 Sample = dict[str, npt.NDArray[Any]]
-DECODED = ("npy", "npz", "tfrecord", "jpeg", "png")
+DECODED = ("npy", "npz", "hdf5", "tfrecord", "jpeg", "png")
+#: What the pipeline says an hdf5 sample's bytes are: the datasets (a row of each, back to back), dtype, row shape.
+Rows = tuple[list[str], str, list[int]]
 
 
 class _View(io.RawIOBase):
@@ -189,6 +194,31 @@ def _tfrecord(view: memoryview, where: str) -> Sample:
     return out
 
 
+def _hdf5(view: memoryview, where: str, rows: Rows | None, index: int) -> Sample:
+    if rows is not None:
+        names, dtype_name, dims = rows
+        dtype = np.dtype(dtype_name)
+        row = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        if len(view) != row * len(names):
+            raise FormatError(f"{where}: {len(view)} bytes, rows of {names} of {dims} {dtype_name} are {row} each")
+        return {
+            name: np.frombuffer(view, dtype=dtype, count=row // dtype.itemsize, offset=i * row).reshape(dims)
+            for i, name in enumerate(names)
+        }
+    try:
+        import h5py  # type: ignore[import-untyped]
+    except ImportError as e:
+        raise FormatError(f"{where}: decoding this hdf5 file's samples needs h5py: pip install h5py ({e})") from e
+    try:
+        with h5py.File(io.BytesIO(view), "r") as f:
+            names = sorted((n for n in f if n.startswith("records_")), key=lambda n: int(n[len("records_") :] or -1))
+            if not names:
+                raise FormatError(f"{where}: an hdf5 file without records_* datasets (has {sorted(f)})")
+            return {name: np.asarray(f[name][index]) for name in names}
+    except (OSError, ValueError, IndexError) as e:
+        raise FormatError(f"{where}: not a readable hdf5 file with sample {index}: {e}") from e
+
+
 def _image(view: memoryview, where: str) -> Sample:
     try:
         from PIL import Image, UnidentifiedImageError
@@ -202,13 +232,14 @@ def _image(view: memoryview, where: str) -> Sample:
         raise FormatError(f"{where}: not a readable image: {e}") from e
 
 
-def batch_samples(fmt: str, batch: _core.PyBatch, where: str, raw: bool) -> Any:
+def batch_samples(fmt: str, batch: _core.PyBatch, where: str, raw: bool, samples_per_file: int) -> Any:
     """One pipeline batch as the samples' arrays stacked by name (``raw``: a list of each sample's bytes)."""
     data = memoryview(batch.data)
     if raw:
         return [bytes(data[s:e]) for s, e in batch.spans]
     items = [
-        decode(fmt, data[s:e], f"sample {i} ({where})") for (s, e), i in zip(batch.spans, batch.samples, strict=True)
+        decode(fmt, data[s:e], f"sample {i} ({where})", rows=rows, index=i % samples_per_file)
+        for (s, e), i, rows in zip(batch.spans, batch.samples, batch.arrays, strict=True)
     ]
     start = np.frombuffer(data, dtype=np.uint8).__array_interface__["data"][0] if len(data) else 0
     out = {}
@@ -250,14 +281,17 @@ def stack(arrays: list[npt.NDArray[Any]], within: tuple[int, int]) -> npt.NDArra
     return np.stack(arrays)
 
 
-def decode(fmt: str, view: memoryview, where: str = "sample") -> Sample:
-    """The arrays of one sample of format ``fmt`` (one of :data:`DECODED`) from its bytes ``view``."""
+def decode(fmt: str, view: memoryview, where: str = "sample", *, rows: Rows | None = None, index: int = 0) -> Sample:
+    """The arrays of one sample of format ``fmt`` (one of :data:`DECODED`) from its bytes ``view``; for hdf5, what the
+    pipeline says they are (``rows``), else the whole file's bytes and the sample's ``index`` in the file."""
     if fmt == "npy":
         return {"x": _npy(view, where)}
     if fmt == "npz":
         return _npz(view, where)
     if fmt == "tfrecord":
         return _tfrecord(view, where)
+    if fmt == "hdf5":
+        return _hdf5(view, where, rows, index)
     if fmt in ("jpeg", "png"):
         return _image(view, where)
     raise FormatError(

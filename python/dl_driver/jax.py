@@ -53,6 +53,7 @@ class DlioIterator:
             raise ConfigError(f"shard {shard_index} of {shard_count}: expected 0 <= shard_index < shard_count")
         cfg = as_config(config)
         self._json, self._format = cfg.to_json(redact=False), str(cfg.dataset.format)
+        self._spf = int(cfg.dataset.num_samples_per_file)
         self.split, self.raw, self.device_put = split, raw, device_put
         self.shard_index, self.shard_count = shard_index, shard_count
         self.epoch, self.step = epoch, 0
@@ -91,7 +92,7 @@ class DlioIterator:
             self._batches = None
             raise
         self.step = batch.step + 1
-        out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw)
+        out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw, self._spf)
         if self.raw or self.device_put is False or self.device_put is None:
             return out
         target = None if self.device_put is True else self.device_put

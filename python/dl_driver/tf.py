@@ -70,11 +70,12 @@ def make_dataset(
     size = launcher.world_size(world_size)
     rank = launcher.rank(rank, size)
     text, fmt = cfg.to_json(redact=False), str(cfg.dataset.format)
+    spf = int(cfg.dataset.num_samples_per_file)
     varying = float(cfg.dataset.record_length_bytes_stdev or 0) > 0
     cursor = _Cursor(epoch)
 
     def stacked(batch: _core.PyBatch) -> Any:
-        got = batch_samples(fmt, batch, f"{split}, epoch {cursor.epoch}", raw)
+        got = batch_samples(fmt, batch, f"{split}, epoch {cursor.epoch}", raw, spf)
         return np.array(got, dtype=object) if raw else got
 
     first = next(iter(_core.Batches(text, split, epoch, rank, size, 0, 1, 0)), None)

@@ -112,6 +112,7 @@ class DlioDataset(IterableDataset[Any]):
             document["reader"]["batch_size" if split == "train" else "batch_size_eval"] = batch_size
         self._json = json.dumps(document)
         self._format = str(cfg.dataset.format)
+        self._spf = int(cfg.dataset.num_samples_per_file)
         self.epoch = epoch
         # Where the next iteration starts: a step of this worker's share and samples of it already yielded.
         self._step = 0
@@ -146,7 +147,7 @@ class DlioDataset(IterableDataset[Any]):
         )
         for batch in batches:
             if self.batch_size is not None:
-                out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw)
+                out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw, self._spf)
                 self._step = batch.step + workers
                 if self.raw:
                     yield [_tensor(np.frombuffer(b, dtype=np.uint8)) for b in out]
@@ -163,7 +164,8 @@ class DlioDataset(IterableDataset[Any]):
                 if self.raw:
                     item: Any = _tensor(np.frombuffer(view, dtype=np.uint8))
                 else:
-                    arrays = decode(self._format, view, f"sample {sample} ({self.split}, epoch {self.epoch})")
+                    where = f"sample {sample} ({self.split}, epoch {self.epoch})"
+                    arrays = decode(self._format, view, where, rows=batch.arrays[i], index=sample % self._spf)
                     item = {name: _tensor(a) if a.dtype != object else a for name, a in arrays.items()}
                 self._skip = i + 1
                 yield item

@@ -69,9 +69,11 @@ pub struct Batch {
     pub decoded: u64,
     pub times: Vec<SampleTimes>,
     /// With `with_data`: the samples' bytes back to back, sample i at `spans[i]` (a pooled buffer: dropping the last
-    /// reference hands it back for the next batch).
+    /// reference hands it back for the next batch), and the layout of sample i's file at `layouts[i]` (what an hdf5
+    /// sample's rows are).
     pub data: Option<bytes::Bytes>,
     pub spans: Vec<Range<usize>>,
+    pub layouts: Vec<Arc<FileLayout>>,
 }
 
 /// Per-run state shared by the readers: file layouts (loaded once) and the buffer pool.
@@ -94,7 +96,8 @@ struct FileCache {
 
 struct SampleOut {
     id: SampleId,
-    buf: Option<AlignedBuf>,
+    /// With `with_data`: the sample's bytes at `payload` (several ranges back to back) and its file's layout.
+    buf: Option<(AlignedBuf, Arc<FileLayout>)>,
     payload: Range<usize>,
     bytes_read: u64,
     decoded: u64,
@@ -199,19 +202,20 @@ impl Readers {
                 decoded += read::decode(format, part, &key).map_err(|e| self.format_error(&e))?;
             }
             times.decode = decode_started.elapsed();
-            let payload = spans.first().map_or(0..0, |r| r.start as usize..r.end as usize);
             let buf = self.spec.with_data.then(|| {
                 let mut b = self.take_buf();
-                b.reserve_exact_discarding(payload.len());
-                b.extend_from_slice(&file_bytes.as_slice()[payload.clone()]);
-                b
+                b.reserve_exact_discarding(spans.iter().map(|r| (r.end - r.start) as usize).sum());
+                for r in &spans {
+                    b.extend_from_slice(&file_bytes.as_slice()[r.start as usize..r.end as usize]);
+                }
+                (b, Arc::clone(&layout))
             });
             cache.release(file);
-            let len = buf.as_ref().map_or(0, AlignedBuf::len);
+            let len = buf.as_ref().map_or(0, |(b, _)| b.len());
             return Ok(SampleOut { id, buf, payload: 0..len, bytes_read, decoded, times });
         }
         let requests = ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect());
-        let mut read = RangedRead::new(id, key, self.take_buf(), started);
+        let mut read = RangedRead::new(id, key, self.take_buf(), started, self.spec.with_data.then_some(layout));
         for range in requests {
             let buf = read.take_buf();
             let fetched = self.spec.store.fetch(&read.key, range, buf, self.spec.transfer).await?;
@@ -244,15 +248,16 @@ impl Readers {
         for id in ids {
             let (file, index) = (id / spf, id % spf);
             let key = self.key(file)?.to_string();
-            let ranges = self.layout(file).await?.ranges(index, &key).map_err(|e| self.format_error(&e))?;
-            planned.push((id, key, ranges));
+            let layout = self.layout(file).await?;
+            let ranges = layout.ranges(index, &key).map_err(|e| self.format_error(&e))?;
+            planned.push((id, key, ranges, self.spec.with_data.then_some(layout)));
         }
         let this = Arc::clone(&self);
         let out = tokio::task::spawn_blocking(move || {
             planned
                 .into_iter()
-                .map(|(id, key, ranges)| {
-                    let mut read = RangedRead::new(id, key, this.take_buf(), Instant::now());
+                .map(|(id, key, ranges, layout)| {
+                    let mut read = RangedRead::new(id, key, this.take_buf(), Instant::now(), layout);
                     for range in ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect()) {
                         let buf = read.take_buf();
                         let fetched = local.fetch(&read.key, range, buf, this.spec.transfer)?;
@@ -271,12 +276,16 @@ impl Readers {
     }
 }
 
-/// One sample read as byte ranges, decoded range by range into the same buffer.
+/// One sample read as byte ranges, decoded range by range into the same buffer (with data, the bytes of several
+/// ranges are kept back to back in `joined`).
 struct RangedRead {
     id: SampleId,
     key: String,
     buf: Option<AlignedBuf>,
     payload: Range<usize>,
+    /// With data: the file's layout, handed on with the bytes.
+    layout: Option<Arc<FileLayout>>,
+    joined: Option<AlignedBuf>,
     started: Instant,
     times: SampleTimes,
     bytes_read: u64,
@@ -284,12 +293,14 @@ struct RangedRead {
 }
 
 impl RangedRead {
-    fn new(id: SampleId, key: String, buf: AlignedBuf, started: Instant) -> Self {
+    fn new(id: SampleId, key: String, buf: AlignedBuf, started: Instant, layout: Option<Arc<FileLayout>>) -> Self {
         Self {
             id,
             key,
             buf: Some(buf),
             payload: 0..0,
+            layout,
+            joined: None,
             started,
             times: SampleTimes::default(),
             bytes_read: 0,
@@ -297,8 +308,15 @@ impl RangedRead {
         }
     }
 
+    /// The buffer for the next range (with data, the last range's bytes are kept in `joined` first).
     fn take_buf(&mut self) -> AlignedBuf {
-        self.buf.take().unwrap_or_else(|| AlignedBuf::with_capacity(0))
+        let buf = self.buf.take().unwrap_or_else(|| AlignedBuf::with_capacity(0));
+        if self.layout.is_some() && !self.payload.is_empty() {
+            let joined = self.joined.get_or_insert_with(|| AlignedBuf::with_capacity(0));
+            joined.extend_from_slice(&buf.as_slice()[self.payload.clone()]);
+            self.payload = 0..0;
+        }
+        buf
     }
 
     /// Times and decodes one fetched range.
@@ -318,9 +336,14 @@ impl RangedRead {
     }
 
     fn finish(mut self, readers: &Readers) -> SampleOut {
-        let buf = self.take_buf();
-        let buf = if readers.spec.with_data {
-            Some(buf)
+        let mut buf = self.buf.take().unwrap_or_else(|| AlignedBuf::with_capacity(0));
+        if let Some(mut joined) = self.joined.take() {
+            joined.extend_from_slice(&buf.as_slice()[self.payload.clone()]);
+            readers.give_buf(std::mem::replace(&mut buf, joined));
+            self.payload = 0..buf.len();
+        }
+        let buf = if let Some(layout) = self.layout.take() {
+            Some((buf, layout))
         } else {
             readers.give_buf(buf);
             None
@@ -444,6 +467,7 @@ impl Pipeline {
                     times: Vec::with_capacity(batch_len),
                     data: None,
                     spans: Vec::new(),
+                    layouts: Vec::new(),
                 };
                 let mut data = readers.spec.with_data.then(|| BATCH_BUFFERS.take());
                 while batch.samples.len() < batch_len {
@@ -459,7 +483,7 @@ impl Pipeline {
                     batch.bytes_read += out.bytes_read;
                     batch.decoded += out.decoded;
                     batch.times.push(out.times);
-                    if let (Some(data), Some(buf)) = (&mut data, out.buf) {
+                    if let (Some(data), Some((buf, layout))) = (&mut data, out.buf) {
                         if data.is_empty() {
                             // Room for the batch, if its samples are the first one's size: no regrowth copies.
                             data.reserve_more(out.payload.len().saturating_mul(batch_len));
@@ -467,6 +491,7 @@ impl Pipeline {
                         let start = data.len();
                         data.extend_from_slice(&buf.as_slice()[out.payload.clone()]);
                         batch.spans.push(start..data.len());
+                        batch.layouts.push(layout);
                         readers.give_buf(buf);
                     }
                 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use dl_driver_core::checkpoint::manifest;
 use dl_driver_core::comm::{Communicator, SingleProcess};
+use dl_driver_core::formats::read::FileLayout;
 use dl_driver_core::generate::layout::Split;
 use dl_driver_core::pipeline::{Batch, Pipeline};
 use dl_driver_core::plugins::{HookContext, Plugin, PluginError, StepPoint};
@@ -140,7 +141,13 @@ pub struct PyBatch {
     spans: Vec<(usize, usize)>,
     data: Py<Buffer>,
     bytes_read: u64,
+    /// Per sample, what an hdf5 sample's bytes are when its file's rows were mapped: the datasets' names (one row
+    /// of each, back to back), numpy's dtype and the row's shape; `None` otherwise (the bytes are the whole file).
+    arrays: Vec<Option<RowArrays>>,
 }
+
+/// An hdf5 sample's datasets, dtype and row shape, as Python sees them.
+type RowArrays = (Vec<String>, String, Vec<u64>);
 
 /// An epoch of one phase read through the pipeline, batch by batch.
 #[pyclass(module = "dl_driver._core")]
@@ -241,6 +248,16 @@ impl Batches {
             spans: batch.spans.iter().map(|r| (r.start, r.end)).collect(),
             data: Py::new(py, Buffer::from(data))?,
             bytes_read: batch.bytes_read,
+            arrays: batch
+                .layouts
+                .iter()
+                .map(|layout| match layout.as_ref() {
+                    FileLayout::Rows { arrays, .. } => {
+                        Some((arrays.names.clone(), arrays.dtype.clone(), arrays.dims.clone()))
+                    }
+                    _ => None,
+                })
+                .collect(),
         }))
     }
 }

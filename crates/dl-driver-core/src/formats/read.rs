@@ -20,9 +20,18 @@ pub enum FileLayout {
     /// Sample i is the byte range `records[i]` (tfrecord records with their framing, indexed_binary slices).
     Records(Vec<Range<u64>>),
     /// Sample i is row i of each dataset: `bases[d] + i * row .. + row` (hdf5 with contiguous datasets of `rows`).
-    Rows { bases: Vec<u64>, row: u64, rows: u64 },
+    Rows { bases: Vec<u64>, row: u64, rows: u64, arrays: RowArrays },
     /// Nothing to read (the synthetic format).
     Nothing,
+}
+
+/// What an hdf5 sample's rows are: one row of each dataset, in `names` order, of `dtype` (numpy's notation, such as
+/// `<u1` or `<f4`) and shape `dims`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowArrays {
+    pub names: Vec<String>,
+    pub dtype: String,
+    pub dims: Vec<u64>,
 }
 
 impl FileLayout {
@@ -373,9 +382,10 @@ pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
         .collect();
     datasets.sort_by_key(|(name, _)| name.trim_start_matches("records_").parse::<u64>().unwrap_or(u64::MAX));
     let mut bases = Vec::new();
-    let mut row = None;
+    let mut names = Vec::new();
+    let mut row: Option<(u64, String, Vec<u64>)> = None;
     let mut rows = None;
-    for (_, address) in datasets {
+    for (name, address) in datasets {
         let mut dims = None;
         let (mut element, mut base) = (None, None);
         for (kind, m) in messages(header, usize::try_from(address).ok()?)? {
@@ -386,24 +396,36 @@ pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
                         (0..n).map(|i| m.get(4 + 8 * i..12 + 8 * i).map(|b| le64(b, 0))).collect::<Option<Vec<_>>>()?,
                     );
                 }
-                0x03 => element = Some(le32(m.get(..8)?, 4)),
+                0x03 => element = Some((le32(m.get(..8)?, 4), numpy_dtype(m)?)),
                 0x08 if m.get(..2) == Some(&[3, 1]) => base = Some(le64(m.get(..10)?, 2)),
                 _ => {}
             }
         }
-        let (dims, element, base) = (dims?, element?, base?);
-        let this_row = dims.get(1..)?.iter().try_fold(element, |a, d| a.checked_mul(*d))?;
-        if rows.is_some_and(|r| r != dims[0]) {
+        let (dims, (element, dtype), base) = (dims?, element?, base?);
+        let this_row = (dims.get(1..)?.iter().try_fold(element, |a, d| a.checked_mul(*d))?, dtype, dims[1..].to_vec());
+        if rows.is_some_and(|r| r != dims[0]) || row.as_ref().is_some_and(|r| *r != this_row) {
             return None;
         }
         rows = Some(dims[0]);
-        if row.is_some_and(|r| r != this_row) {
-            return None;
-        }
         row = Some(this_row);
         bases.push(base);
+        names.push(name);
     }
-    Some(FileLayout::Rows { bases, row: row?, rows: rows? })
+    let (row, dtype, dims) = row?;
+    Some(FileLayout::Rows { bases, row, rows: rows?, arrays: RowArrays { names, dtype, dims } })
+}
+
+/// numpy's name of an HDF5 datatype message's integer or float type (`<u1`, `>i8`, `<f4`); `None` for other classes.
+fn numpy_dtype(message: &[u8]) -> Option<String> {
+    let (class, bits, size) = (message.first()? & 0x0f, *message.get(1)?, le32(message.get(..8)?, 4));
+    let order = if bits & 0x01 == 0 { '<' } else { '>' };
+    let kind = match class {
+        0 if bits & 0x08 != 0 => 'i',
+        0 => 'u',
+        1 => 'f',
+        _ => return None,
+    };
+    Some(format!("{order}{kind}{size}"))
 }
 
 /// The messages of a version 2 object header at `at` (no continuation blocks: ours have none).
@@ -463,6 +485,31 @@ mod tests {
     }
 
     /// Writes one file of each format (and compression) as generation does.
+    #[test]
+    fn hdf5_rows_say_what_a_sample_holds() {
+        for (element, dsets, dtype) in [("uint8", 1, "<u1"), ("float32", 2, "<f4"), ("int64", 3, "<i8")] {
+            let mut c = crate::config::Config::default();
+            c.dataset.format = Format::Hdf5;
+            c.dataset.num_samples_per_file = 3;
+            c.dataset.record_dims = vec![4, 6];
+            c.dataset.record_element_type = element.into();
+            c.dataset.hdf5.num_dset_per_record = dsets;
+            let spec = crate::layout::dataset_files(&c, 0, 1).remove(0);
+            let mut data = crate::sink::data::SampleBytes::new(3, 1.0, 1.0);
+            let mut file = Vec::new();
+            crate::formats::write_file(&c, &spec, &mut data, &mut file).unwrap();
+            let Some(FileLayout::Rows { bases, row, rows, arrays }) = hdf5_rows(&file) else {
+                panic!("{element}: rows expected")
+            };
+            let names: Vec<String> = (0..dsets).map(|d| format!("records_{d}")).collect();
+            // DLIO splits the sample's first dimension over the datasets.
+            let dims = vec![4 / dsets, 6];
+            let size = u64::from(dtype[2..].parse::<u8>().unwrap());
+            assert_eq!((bases.len(), row, rows), (dsets as usize, dims[0] * 6 * size, 3));
+            assert_eq!(arrays, RowArrays { names, dtype: dtype.into(), dims });
+        }
+    }
+
     fn written_files() -> Vec<(String, Format, Vec<u8>, Vec<crate::formats::Companion>)> {
         use crate::config::Compression as C;
         let cases = [
@@ -603,7 +650,8 @@ mod tests {
         assert!(e.contains("f: sample 0: offset") && e.contains("overflows"), "{e}");
         let e = parse_tfrecord_index(format!("{} 2\n", u64::MAX).as_bytes(), "i").unwrap_err().to_string();
         assert!(e.contains("i: line 1: offset + length overflows"), "{e}");
-        let rows = FileLayout::Rows { bases: vec![16], row: u64::MAX / 2, rows: 8 };
+        let arrays = RowArrays { names: vec!["records_0".into()], dtype: "<u1".into(), dims: vec![] };
+        let rows = FileLayout::Rows { bases: vec![16], row: u64::MAX / 2, rows: 8, arrays };
         assert!(rows.ranges(3, "h").unwrap_err().to_string().contains("h: sample 3"));
     }
 
