@@ -17,7 +17,7 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
 fi
-ensure_venv "mpi4py>=3.1" "torch>=2.2" "jax>=0.4.30" "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "pandas>=2" "tensorflow-cpu>=2.15" \
+ensure_venv "mpi4py>=3.1" "torch>=2.2" "torchdata>=0.10" "jax>=0.4.30" "pytest>=8" "hypothesis>=6" "pyyaml>=6" "boto3>=1.34" "azure-storage-blob>=12.19" "numpy>=1.26" "h5py>=3.10" "Pillow>=10" "pandas>=2" "tensorflow-cpu>=2.15" \
   "mypy>=2.4" "ruff>=0.17" "jsonschema>=4.20" "matplotlib>=3.8"
 
 step "storage servers (moto, SeaweedFS, Azurite)"

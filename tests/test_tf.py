@@ -106,3 +106,45 @@ def test_model_fit_checkpoints_on_the_schedule_and_load_weights_restores_them(tm
         assert all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), weights, strict=True))
         assert all(np.array_equal(a.numpy(), b) for a, b in zip(restored.optimizer.variables, variables, strict=True))
     assert load_weights(model(), str(tmp_path / "ckpt")) == 12  # the latest by default
+
+
+def test_two_pipelines_run_at_once_the_reads_release_the_gil(tmp_path: Path, servers: dict[str, str]) -> None:
+    import threading
+
+    from test_storage_conformance import s3_bucket
+    from tests_support import FaultyLink
+
+    # Pipeline A reads from S3 through a relay that holds every reply until pipeline B, local, has read its whole
+    # epoch in another thread. Had A's Rust read kept the GIL while it waited, B (and the relay's own Python
+    # threads) could not run: A would wait forever and B would never finish.
+    s3_bucket(servers["moto"], "dl-driver-tests")
+    options = {"endpoint_url": servers["moto"], "access_key_id": "testing", "secret_access_key": "testing",
+               "region": "us-east-1"}
+    remote = workload(tmp_path / "a", **{"dataset.data_folder": f"s3://dl-driver-tests/gil-{tmp_path.name}",
+                                         "storage.storage_options": options})
+    local = workload(tmp_path / "b")
+    b_done = threading.Event()
+    link = FaultyLink(servers["moto"], throttle=0, reset=0, hold=b_done)
+    remote.storage.storage_options = {**options, "endpoint_url": link.endpoint}
+    got: dict[str, int] = {}
+
+    def read_a() -> None:
+        got["a"] = sum(len(batch["x"]) for batch in make_dataset(remote))
+
+    def read_b() -> None:
+        got["b"] = sum(len(batch["x"]) for batch in make_dataset(local))
+        got["a before b"] = "a" in got  # A cannot have finished: its replies are held until now
+        b_done.set()
+
+    try:
+        a = threading.Thread(target=read_a)
+        a.start()
+        assert link.relaying.wait(120), "pipeline A never reached S3"
+        b = threading.Thread(target=read_b)
+        b.start()
+        assert b_done.wait(120), "pipeline B did not finish while pipeline A waited for S3"
+        a.join(120)
+        assert not a.is_alive() and got == {"a": 12, "b": 12, "a before b": False}
+    finally:
+        b_done.set()
+        link.close()

@@ -96,7 +96,8 @@ class FaultyLink:
     """A TCP relay on 127.0.0.1 in front of a real server that spoils the first connections it accepts, as a
     throttling server or a broken network would: the first ``throttle`` are answered ``503 Slow Down`` (S3's
     throttling reply) once their request head has arrived, the next ``reset`` are reset by a TCP RST; every later one
-    is relayed to the server unchanged. ``spoiled`` counts what it did."""
+    is relayed to the server unchanged; with ``hold``, no reply reaches a client before that event is set. ``spoiled``
+    counts what it did."""
 
     _BODY = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
     SLOW_DOWN = (
@@ -105,12 +106,14 @@ class FaultyLink:
         + _BODY
     )
 
-    def __init__(self, target: str, throttle: int, reset: int) -> None:
+    def __init__(self, target: str, throttle: int, reset: int, hold: threading.Event | None = None) -> None:
         from urllib.parse import urlsplit
 
         parts = urlsplit(target)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._plan = ["throttle"] * throttle + ["reset"] * reset
+        self._hold = hold
+        self.relaying = threading.Event()  # set once a connection is relayed to the server
         self.spoiled = {"throttle": 0, "reset": 0}
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -145,8 +148,9 @@ class FaultyLink:
             else:
                 upstream = socket.create_connection(self._target)
                 self._sockets.append(upstream)
-                for a, b in ((conn, upstream), (upstream, conn)):
-                    t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                self.relaying.set()
+                for a, b, hold in ((conn, upstream, None), (upstream, conn, self._hold)):
+                    t = threading.Thread(target=self._pump, args=(a, b, hold), daemon=True)
                     t.start()
                     self._threads.append(t)
 
@@ -156,9 +160,11 @@ class FaultyLink:
             s.shutdown(socket.SHUT_RDWR)
 
     @classmethod
-    def _pump(cls, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(cls, source: socket.socket, sink: socket.socket, hold: threading.Event | None) -> None:
         with contextlib.suppress(OSError):
             while chunk := source.recv(1 << 20):
+                if hold is not None:
+                    hold.wait()
                 sink.sendall(chunk)
         cls._shut(source)
         cls._shut(sink)
