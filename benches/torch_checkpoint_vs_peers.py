@@ -16,9 +16,12 @@ Writes benches/results/torch_checkpoint.json and its section of benches/RESULTS.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -82,6 +85,31 @@ def savers(state: dict[str, torch.Tensor]) -> dict[str, Callable[[Path, bool], N
         "dcp.save FileSystemWriter": dcp_fs,
         "dcp.save dl-driver StorageWriter": dcp_ours,
     }
+
+
+#: fio's settings for the device's write limit: buffered with the file fsynced at the end, and O_DIRECT queued.
+FIO_WRITES = {
+    "fio buffered + end_fsync": ["--ioengine=psync", "--end_fsync=1"],
+    "fio O_DIRECT libaio iodepth 8": ["--ioengine=libaio", "--direct=1", "--iodepth=8"],
+}
+LIMIT = "disk write limit (fio, the faster setting)"
+
+
+def fio_write(folder: Path, size: int, settings: list[str]) -> float:
+    """GiB/s of `fio --rw=write` of `size` bytes (down to whole 8 MiB writes) into a new file under `folder` (fio's own runtime,
+    which holds the final fsync)."""
+    target = folder / "fio.bin"
+    size = size // (8 << 20) * (8 << 20)  # whole 8 MiB writes
+    args = ["fio", "--name=limit", "--rw=write", "--bs=8M", f"--size={size}", f"--filename={target}",
+            "--output-format=json", *settings]
+    done = subprocess.run(args, capture_output=True, text=True)
+    target.unlink(missing_ok=True)
+    if done.returncode:
+        raise RuntimeError(f"exit status {done.returncode} of {shlex.join(args)}: {done.stderr.strip()[-300:]}")
+    write = json.loads(done.stdout[done.stdout.index("{") :])["jobs"][0]["write"]
+    if write["io_bytes"] < size:
+        raise RuntimeError(f"{shlex.join(args)} wrote {write['io_bytes']} bytes, expected {size}")
+    return float(write["bw_bytes"]) / GIB
 
 
 def loaders(template: dict[str, torch.Tensor]) -> dict[str, Callable[[Path], Any]]:
@@ -162,6 +190,9 @@ def main() -> int:
     save, load = savers(state), loaders(state)
     runs: dict[str, dict[str, list[float]]] = {}
     for repeat in range(args.repeats):
+        os.sync()
+        limit = max(fio_write(args.work, size, settings) for settings in FIO_WRITES.values())
+        runs.setdefault("save + fsync", {}).setdefault(LIMIT, []).append(limit)
         for sync in (True, False):
             for tool, run in save.items():
                 folder = args.work / f"{tool.replace(' ', '_')}-{repeat}-{int(sync)}"
@@ -191,16 +222,20 @@ def main() -> int:
         "<!-- torch_checkpoint:begin -->",
         "## Checkpointing a real PyTorch state (issue: framework integration)",
         "",
-        f"Command: `{args.command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({os.cpu_count()} CPUs). "
-        f"A {size / GIB:.2f} GiB state_dict of float32 Linear layers written to a new folder on the local disk "
-        "(--work), each save timed around the call in one process; `sync` (untimed) before every save; "
-        "'+ fsync' rows flush every file and its folder on both sides (dl-driver `fsync=True`, `os.fsync` after "
-        "`torch.save`, DCP `sync_files=True`, the dl-driver StorageWriter row fsyncs after the call); loads read "
-        "the unsynced save's files back from the page cache into a fresh state. Medians of "
-        f"{args.repeats} alternating repeats, GiB/s of state; the ratio is against torch.save in the same row "
-        "group (on S3: s3torchconnector's S3Checkpoint writer/reader around torch.save/torch.load, on SeaweedFS on "
-        "loopback, a new key per save, loads of the last save). Targets (issue): >= 3x torch.save + fsync; "
-        ">= 1x s3torchconnector on S3; restore at least as fast as torch.load.",
+        (
+            f"Command: `{args.command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({os.cpu_count()} CPUs). "
+            f"A {size / GIB:.2f} GiB state_dict of float32 Linear layers written to a new folder on the local disk "
+            "(--work), each save timed around the call in one process; `sync` (untimed) before every save; "
+            "'+ fsync' rows flush every file and its folder on both sides (dl-driver `fsync=True`, `os.fsync` after "
+            "`torch.save`, DCP `sync_files=True`, the dl-driver StorageWriter row fsyncs after the call); loads read "
+            "the unsynced save's files back from the page cache into a fresh state. Medians of "
+            f"{args.repeats} alternating repeats, GiB/s of state; the ratio is against torch.save in the same row "
+            "group (on S3: s3torchconnector's S3Checkpoint writer/reader around torch.save/torch.load, on SeaweedFS on "
+            "loopback, a new key per save, loads of the last save). The disk's write limit is fio writing the same "
+            "bytes in 8 MiB writes, the faster of buffered with `--end_fsync=1` and O_DIRECT libaio at iodepth 8, "
+            "before each repeat. Targets (issue): >= 3x torch.save + fsync; "
+            ">= 1x s3torchconnector on S3; restore at least as fast as torch.load."
+        ),
         "",
         "| phase | tool | GiB/s | vs torch.save (S3: vs S3Checkpoint) | runs (GiB/s) |",
         "|---|---|---|---|---|",

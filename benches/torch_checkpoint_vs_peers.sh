@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
+ensure_fio
 ensure_venv "torch>=2.2" s3torchconnector boto3
 install_wheel
 if ! scripts/servers.sh status seaweedfs >/dev/null; then

@@ -92,6 +92,16 @@ def payload(size: int, seed: int = 0) -> bytes:
     return b"".join(blocks)[:size]
 
 
+def test_readinto_fills_a_large_target_exactly(backend: Backend) -> None:
+    # 10 MiB and a tail: local stores read it in parallel parts straight into the target.
+    data = payload((10 << 20) + 4097, seed=3)
+    store = backend.open()
+    store.put("big.bin", data)
+    target = bytearray(len(data) - 100)
+    store.readinto("big.bin", 100, target)
+    assert target == data[100:]
+
+
 def test_put_get_range_head_list_delete(backend: Backend) -> None:
     store = backend.open()
     data = payload(100_000, 1)
@@ -99,6 +109,13 @@ def test_put_get_range_head_list_delete(backend: Backend) -> None:
     assert store.get("dir/obj.bin") == data
     assert bytes(store.get_range("dir/obj.bin", 10, 5000)) == data[10:5000]
     assert bytes(store.get_range("dir/obj.bin", 99_990, 100_000)) == data[99_990:]
+    target = bytearray(4990)
+    store.readinto("dir/obj.bin", 10, target)
+    assert target == data[10:5000]
+    with pytest.raises(dl_driver.StorageError, match=r"obj\.bin"):
+        store.readinto("dir/obj.bin", 99_990, bytearray(11))  # past the end
+    with pytest.raises(dl_driver.StorageError, match="writable, contiguous"):
+        store.readinto("dir/obj.bin", 0, b"read-only")
     assert store.head("dir/obj.bin").size == 100_000
     assert store.exists("dir/obj.bin")
     store.put("dir/sub/z", b"z")

@@ -200,6 +200,7 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     buffer = check("Store.get", store.get("a/b.bin"))
     assert isinstance(buffer, _core.Buffer)
     check("Store.get_range", store.get_range("a/b.bin", 2, 5))
+    check("Store.readinto", store.readinto("a/b.bin", 2, bytearray(3)))
     check("Store.list", store.list("a"))
     info = check("Store.head", store.head("a/b.bin"))
     for field in ("key", "size", "last_modified"):

@@ -276,6 +276,9 @@ class Store:
         """The whole object; FileNotFoundError when missing."""
     def get_range(self, key: str, start: int, end: int) -> Buffer:
         """Bytes ``start..end`` of the object."""
+    def readinto(self, key: str, start: int, target: BytesLike) -> None:
+        """Fills the writable, contiguous ``target`` with the object's bytes from ``start`` (within the object; local
+        files straight into it, several reads at once). The GIL is released meanwhile."""
     def put(self, key: str, data: bytes | bytearray) -> None:
         """Writes the object (multipart above the part size); visible only once complete."""
     def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:

@@ -361,12 +361,24 @@ class _WriteStream(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        size = len(view)
+        if self._pending:
+            room = _STREAM_CHUNK - len(self._pending)
+            self._pending += view[:room]
+            view = view[room:]
+            if len(self._pending) >= _STREAM_CHUNK:
+                self._hand(self._pending)
+                self._pending = bytearray()
+        # Large writes (a tensor's storage) go to the writer in chunks from their own memory, not gathered first.
+        while len(view) >= _STREAM_CHUNK:
+            self._hand(view[:_STREAM_CHUNK])
+            view = view[_STREAM_CHUNK:]
         self._pending += view
-        if len(self._pending) >= _STREAM_CHUNK:
-            self._writer.write(self._pending)
-            self._written += len(self._pending)
-            self._pending = bytearray()
-        return len(view)
+        return size
+
+    def _hand(self, chunk: Any) -> None:
+        self._writer.write(chunk)
+        self._written += len(chunk)
 
     def finish(self) -> None:
         if self._pending:
@@ -402,7 +414,13 @@ class _ReadStream(io.RawIOBase):
         while done < len(target) and self._at < self._size:
             inside = self._at - self._window_start
             if not 0 <= inside < len(self._window):
-                end = min(self._size, self._at + max(len(target) - done, _STREAM_CHUNK))
+                rest = min(len(target) - done, self._size - self._at)
+                if rest >= _STREAM_CHUNK:  # a tensor's storage: straight into torch's memory
+                    self._store.readinto(self._key, self._at, target[done : done + rest])
+                    done += rest
+                    self._at += rest
+                    continue
+                end = min(self._size, self._at + _STREAM_CHUNK)
                 self._window = memoryview(self._store.get_range(self._key, self._at, end))
                 self._window_start, inside = self._at, 0
             n = min(len(target) - done, len(self._window) - inside)

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use dl_driver_core::storage::{self, ObjectInfo as CoreObjectInfo, StorageOptions};
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
@@ -59,6 +60,47 @@ impl Store {
         let (store, key) = (self.inner.clone(), key.to_string());
         let data = run(py, async move { store.get_range(&key, start..end).await })??;
         Ok(Buffer { data })
+    }
+
+    /// Fills the writable, contiguous `target` with the object's bytes from `start` (they must lie within the object):
+    /// local files straight into it, several positioned reads at once; others through one ranged read and a copy.
+    /// The GIL is released meanwhile: nothing else may use `target`.
+    fn readinto(&self, py: Python<'_>, key: &str, start: u64, target: PyBuffer<u8>) -> Result<()> {
+        let shown = || self.inner.uri().join(key);
+        if target.readonly() || !target.is_c_contiguous() {
+            return Err(StorageError::new_err(format!(
+                "readinto of {}: the target must be a writable, contiguous buffer",
+                shown()
+            ))
+            .into());
+        }
+        let (at, len) = (target.buf_ptr() as usize, target.len_bytes());
+        // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` bytes until this function
+        // returns (it outlives every use below); the caller gives it to this call alone.
+        #[allow(unsafe_code)]
+        let memory = move || unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
+        if let Some(files) = self.inner.local() {
+            let parts = storage::parallel_parts(len);
+            if let Some(done) = py.detach(|| files.read_exact_at(key, start, memory(), parts)) {
+                done?;
+                drop(target);
+                return Ok(());
+            }
+        }
+        let (store, owned) = (self.inner.clone(), key.to_string());
+        let data = run(py, async move { store.get_range(&owned, start..start + len as u64).await })??;
+        if data.len() != len {
+            return Err(StorageError::new_err(format!(
+                "readinto of {}: {} bytes from {start}, the object holds {} of them",
+                shown(),
+                len,
+                data.len()
+            ))
+            .into());
+        }
+        py.detach(|| memory().copy_from_slice(&data));
+        drop(target);
+        Ok(())
     }
 
     /// Writes the object (multipart when larger than the part size); it is visible only once complete.

@@ -117,10 +117,6 @@ impl StateWriter {
     }
 }
 
-/// Threads filling one target at most, and the least bytes each reads.
-const MAX_FILL_THREADS: usize = 8;
-const MIN_FILL_PART: usize = 4 << 20;
-
 /// `crc` continued over `data`, its `parts` computed on as many threads and combined in order.
 fn crc32c_append_parallel(crc: u32, data: &[u8], parts: usize) -> u32 {
     if parts <= 1 {
@@ -354,8 +350,7 @@ impl StateReader {
         }
         let n = usize::try_from(local.size.saturating_sub(local.at)).unwrap_or(usize::MAX).min(target.len());
         let target = &mut target[..n];
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(MAX_FILL_THREADS);
-        let parts = (n / MIN_FILL_PART).clamp(1, threads);
+        let parts = crate::storage::parallel_parts(n);
         if let Err(e) = local.files.read_exact_at(&local.key, local.at, target, parts)? {
             return Some(Err(e.into()));
         }

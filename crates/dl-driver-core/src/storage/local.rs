@@ -35,6 +35,13 @@ const STREAM_CHUNK: u64 = 8 * 1024 * 1024;
 /// Chunk in which payloads are staged into aligned memory for writing.
 const WRITE_CHUNK: usize = 8 * 1024 * 1024;
 
+/// How many parts, each on its own thread, fill or check `len` bytes of memory: at most 8 (and the CPUs), at least
+/// 4 MiB each.
+pub fn parallel_parts(len: usize) -> usize {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+    (len / (4 << 20)).clamp(1, threads)
+}
+
 /// A directory of local files served as an object store.
 #[derive(Debug)]
 pub struct LocalStore {
@@ -74,8 +81,8 @@ impl LocalStore {
     }
 
     /// Fills `target` from `location` at `offset` with positioned reads through the page cache, `parts` of them at once
-    /// (on as many threads: filling fresh memory is bound by its page faults, which then run in parallel). `None` with
-    /// O_DIRECT, whose reads need aligned buffers.
+    /// (on as many threads: filling fresh memory is bound by its page faults, which then run in parallel; see
+    /// [`parallel_parts`]). `None` with O_DIRECT, whose reads need aligned buffers.
     pub fn read_exact_at(
         &self,
         location: &Path,

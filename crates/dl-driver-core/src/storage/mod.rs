@@ -26,7 +26,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 pub use crate::uri::{Scheme, StorageUri};
 pub use buffer::{AlignedBuf, BufferPool, ALIGN};
 pub use error::StorageError;
-pub use local::{FileWriter, LocalStore};
+pub use local::{parallel_parts, FileWriter, LocalStore};
 pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
 
 /// An object as listed: its key relative to the store's location, and its size.
