@@ -112,6 +112,38 @@ def fio_write(folder: Path, size: int, settings: list[str]) -> float:
     return float(write["bw_bytes"]) / GIB
 
 
+MEMORY_SCRIPT = """
+import json, sys, torch
+from dl_driver.torch import load_checkpoint, save_checkpoint
+uri, gib, phase = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+# VmHWM, this process's own peak (ru_maxrss starts from the parent's at exec).
+peak = lambda: 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
+if phase == "save":
+    state = {f"layer{i}": torch.ones(1 << 28) for i in range(round(gib))}  # 1 GiB float32 tensors
+    before = peak()
+    save_checkpoint(uri, state, step=1)
+else:
+    before = peak()
+    state = load_checkpoint(uri)
+size = sum(t.numel() * t.element_size() for t in state.values())
+print(json.dumps({"state": size, "before": before, "after": peak()}))
+"""
+
+
+def memory_peaks(folder: Path, gib: int) -> dict[str, dict[str, float]]:
+    """Peak resident memory of saving and of loading a `gib` GiB state, each in a fresh process: what the call
+    added to the process's peak beyond the state (saving: the state exists before; loading: it is created)."""
+    out = {}
+    for phase in ("save", "load"):
+        done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, f"file://{folder}", str(gib), phase],
+                              capture_output=True, text=True, check=True)
+        got = json.loads(done.stdout)
+        added = got["after"] - got["before"] - (got["state"] if phase == "load" else 0)
+        out[phase] = {"state_GiB": got["state"] / GIB, "added_beyond_state_MiB": added / (1 << 20)}
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 def loaders(template: dict[str, torch.Tensor]) -> dict[str, Callable[[Path], Any]]:
     def empty() -> dict[str, torch.Tensor]:
         return {k: torch.empty_like(v) for k, v in template.items()}
@@ -181,6 +213,7 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=1.0, help="state size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 rows (SeaweedFS)")
+    parser.add_argument("--memory-gib", type=int, default=4, help="state size of the peak-memory runs (0: skip)")
     parser.add_argument("--command", default=" ".join(sys.argv))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -209,8 +242,10 @@ def main() -> int:
                 shutil.rmtree(folder)
     if not args.no_s3:
         runs.update(s3_runs(state, args.repeats, size))
+    memory = memory_peaks(args.work / "memory", args.memory_gib) if args.memory_gib else {}
     medians = {phase: {tool: statistics.median(v) for tool, v in tools.items()} for phase, tools in runs.items()}
     result = {"command": args.command, "state_GiB": size / GIB, "repeats": args.repeats, "GiB_per_second": runs,
+              "peak_memory": memory,
               "median_GiB_per_second": medians}
     rows = []
     for phase, tools in medians.items():
@@ -240,6 +275,12 @@ def main() -> int:
         "| phase | tool | GiB/s | vs torch.save (S3: vs S3Checkpoint) | runs (GiB/s) |",
         "|---|---|---|---|---|",
         *rows,
+        "",
+        *(
+            f"Peak memory, {m['state_GiB']:.0f} GiB state of float32 tensors, a fresh process per phase: {phase} added "
+            f"{m['added_beyond_state_MiB']:.0f} MiB to the process's peak resident memory beyond the state."
+            for phase, m in memory.items()
+        ),
         "<!-- torch_checkpoint:end -->",
     ])
     results_md.save("torch_checkpoint", result, section)

@@ -80,7 +80,7 @@ def model() -> Any:
 
 def test_model_fit_checkpoints_on_the_schedule_and_load_weights_restores_them(tmp_path: Path) -> None:
     cfg = workload(tmp_path)
-    data = make_dataset(cfg).map(lambda b: (tf.cast(b["x"], tf.float32) / 255.0, tf.reduce_mean(tf.cast(b["x"], tf.float32), axis=[1, 2, 3]) / 255.0))
+    data = make_dataset(cfg).map(lambda b: (tf.cast(b["x"], tf.float32) / 255.0, tf.reduce_mean(tf.cast(b["x"], tf.float32), axis=[1, 2, 3]) / 255.0)).prefetch(2)
     snapshots: dict[int, tuple[list[Any], list[Any]]] = {}
 
     class Snapshot(keras.callbacks.Callback):  # type: ignore[misc]

@@ -175,11 +175,12 @@ class StateWriter:
         rank: int = 0,
         zstd_level: int | None = None,
         options: dict[str, str] | None = None,
+        fsync: bool = False,
     ) -> Self: ...
     def write(self, data: BytesLike) -> None:
         """Appends the bytes of ``data`` (any buffer of bytes)."""
     def finish(self) -> str:
-        """Completes the file; returns its manifest entry as JSON."""
+        """Completes the file (a local one on the device, with ``fsync``); returns its manifest entry as JSON."""
 
 @final
 class StateReader:

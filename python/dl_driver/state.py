@@ -178,17 +178,16 @@ def save(
     _Pickler(structure, kinds, arrays).dump(state)
     level = compression_level if compression == "zstd" else None
     state_file, array_file = _files(rank)
-    writer = _core.StateWriter(uri, f"{name}/{array_file}", rank, level, storage_options)
+    # With fsync, each local file starts its writeback part by part and is flushed, then its folder, as it completes.
+    writer = _core.StateWriter(uri, f"{name}/{array_file}", rank, level, storage_options, fsync)
     for kind, array in arrays:
         flat = kind.memory(array)
         for at in range(0, flat.size, WRITE_CHUNK):
             writer.write(memoryview(flat[at : at + WRITE_CHUNK]))
     entries = [json.loads(writer.finish())]
-    writer = _core.StateWriter(uri, f"{name}/{state_file}", rank, level, storage_options)
+    writer = _core.StateWriter(uri, f"{name}/{state_file}", rank, level, storage_options, fsync)
     writer.write(structure.getbuffer())
     entries.append(json.loads(writer.finish()))
-    if fsync:
-        _fsync_local(uri, name, (state_file, array_file))
     if world_size > 1:
         if gather is None:
             raise ConfigError(f"a checkpoint of {world_size} ranks needs a way to gather their files' entries")

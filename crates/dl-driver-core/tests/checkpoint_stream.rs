@@ -66,7 +66,7 @@ async fn pushed_state_round_trips_in_pieces_and_a_flipped_byte_fails() {
     let data: Vec<u8> = (0..(3 << 20) + 77).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     for level in [None, Some(3)] {
         let key = format!("s{level:?}/rank0-tensors.bin");
-        let mut writer = StateWriter::create(&store, &key, 0, level).await.unwrap();
+        let mut writer = StateWriter::create(&store, &key, 0, level, false).await.unwrap();
         for piece in data.chunks(1_000_003) {
             writer.write(bytes::Bytes::copy_from_slice(piece)).await.unwrap();
         }
@@ -108,7 +108,7 @@ async fn local_state_files_fill_targets_in_parallel_reads_with_the_same_checks()
     // Large enough for several parallel parts (4 MiB each), with an odd tail.
     let data: Vec<u8> = (0..(21 << 20) + 333).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     let key = "c/rank0-tensors.bin";
-    let mut writer = StateWriter::create(&store, key, 0, None).await.unwrap();
+    let mut writer = StateWriter::create(&store, key, 0, None, true).await.unwrap();
     writer.write(bytes::Bytes::from(data.clone())).await.unwrap();
     let entry = writer.finish().await.unwrap();
     // A small piece through the buffered path first: the next fill must not skip or repeat its bytes.
@@ -145,7 +145,7 @@ async fn local_state_files_fill_targets_in_parallel_reads_with_the_same_checks()
     assert!(failed.contains("checksum mismatch"), "{failed}");
     // zstd files and object stores decline: the caller reads through the buffered path.
     let memory = open("memory://state-fill", &StorageOptions::new()).unwrap();
-    let mut writer = StateWriter::create(&memory, key, 0, None).await.unwrap();
+    let mut writer = StateWriter::create(&memory, key, 0, None, true).await.unwrap();
     writer.write(bytes::Bytes::from(data[..1000].to_vec())).await.unwrap();
     let entry = writer.finish().await.unwrap();
     let mut reader = StateReader::open(&memory, key, &entry, false).await.unwrap();

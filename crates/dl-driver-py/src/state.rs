@@ -25,7 +25,8 @@ fn json_error(what: &str, e: &serde_json::Error) -> Error {
 }
 
 /// One checkpoint file written from buffers: `write(buffer)` appends (zstd when asked, CRC-32C of what is stored),
-/// `finish()` completes the file and returns its manifest entry as JSON; a writer dropped unfinished discards it.
+/// `finish()` completes the file (a local one on the device, with `fsync`) and returns its manifest entry as JSON; a
+/// writer dropped unfinished discards it.
 #[pyclass(module = "dl_driver._core")]
 pub struct StateWriter {
     /// `None` once finished or failed (a Mutex: Python classes must be Sync, an upload is not).
@@ -35,7 +36,7 @@ pub struct StateWriter {
 #[pymethods]
 impl StateWriter {
     #[new]
-    #[pyo3(signature = (uri, key, rank = 0, zstd_level = None, options = None))]
+    #[pyo3(signature = (uri, key, rank = 0, zstd_level = None, options = None, fsync = false))]
     fn new(
         py: Python<'_>,
         uri: &str,
@@ -43,10 +44,11 @@ impl StateWriter {
         rank: u64,
         zstd_level: Option<i32>,
         options: Option<HashMap<String, String>>,
+        fsync: bool,
     ) -> Result<Self> {
         let store = open_store(uri, options)?;
         let writer =
-            runtime::run(py, async move { state::StateWriter::create(&store, &key, rank, zstd_level).await })??;
+            runtime::run(py, async move { state::StateWriter::create(&store, &key, rank, zstd_level, fsync).await })??;
         Ok(Self { inner: Mutex::new(Some(writer)) })
     }
 

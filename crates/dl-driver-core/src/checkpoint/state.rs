@@ -32,8 +32,15 @@ fn zstd_failed(shown: &str, e: &std::io::Error) -> CheckpointError {
 }
 
 impl StateWriter {
-    /// Starts the file at `key` (its name in the manifest is the last path segment), zstd at `zstd_level` if given.
-    pub async fn create(store: &Store, key: &str, rank: u64, zstd_level: Option<i32>) -> Result<Self, CheckpointError> {
+    /// Starts the file at `key` (its name in the manifest is the last path segment), zstd at `zstd_level` if given;
+    /// with `sync`, a local file is on the device when [`Self::finish`] returns ([`Store::writer_synced`]).
+    pub async fn create(
+        store: &Store,
+        key: &str,
+        rank: u64,
+        zstd_level: Option<i32>,
+        sync: bool,
+    ) -> Result<Self, CheckpointError> {
         let shown = store.uri().join(key).to_string();
         let encoder = match zstd_level {
             Some(level) => {
@@ -45,7 +52,7 @@ impl StateWriter {
             None => None,
         };
         Ok(Self {
-            writer: store.writer(key).await?,
+            writer: store.writer_synced(key, sync).await?,
             encoder,
             out: Vec::with_capacity(if zstd_level.is_some() { OUT_CHUNK } else { 0 }),
             crc: 0,

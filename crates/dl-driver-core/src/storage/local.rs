@@ -341,7 +341,40 @@ impl TempWriter {
         fs::rename(&self.temp, &self.target)?;
         Ok(self.len)
     }
+
+    /// Starts writing `offset..offset + len` back to the device without waiting (`sync_file_range`), so a file
+    /// flushed at its end has most of its bytes on the device by then: the writes and the device overlap.
+    #[allow(unsafe_code)]
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: the fd is this writer's open file; the call only schedules writeback of the range.
+        let done = unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Completes the file flushed to the device: its data before it gets its name, its directory entry after.
+    fn commit_synced(self) -> io::Result<u64> {
+        self.trim()?;
+        self.file.sync_all()?;
+        let target = self.target.clone();
+        let len = self.commit()?;
+        if let Some(dir) = target.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(len)
+    }
 }
+
+/// Asks a local multipart upload to end on the device (`PutMultipartOptions::extensions`): writeback of each part
+/// starts as it is written, and completing flushes the file and then its directory entry.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncToDevice;
 
 impl Drop for TempWriter {
     fn drop(&mut self) {
@@ -567,7 +600,7 @@ impl ObjectStore for LocalStore {
     async fn put_multipart_opts(
         &self,
         location: &Path,
-        _opts: PutMultipartOptions,
+        opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         let target = self.path_of(location);
         let direct = self.direct;
@@ -577,6 +610,7 @@ impl ObjectStore for LocalStore {
             state: Arc::new(std::sync::Mutex::new(Some(writer))),
             next_offset: 0,
             unaligned_part_seen: false,
+            sync: opts.extensions.get::<SyncToDevice>().is_some(),
         }))
     }
 
@@ -749,6 +783,8 @@ struct LocalUpload {
     state: Arc<std::sync::Mutex<Option<TempWriter>>>,
     next_offset: u64,
     unaligned_part_seen: bool,
+    /// Flushed to the device ([`SyncToDevice`]).
+    sync: bool,
 }
 
 impl std::fmt::Debug for TempWriter {
@@ -767,6 +803,7 @@ impl MultipartUpload for LocalUpload {
         self.unaligned_part_seen |= !len.is_multiple_of(ALIGN as u64);
         let state = Arc::clone(&self.state);
         let location = self.location.clone();
+        let sync = self.sync;
         Box::pin(async move {
             blocking(&location, move || {
                 let mut guard = state.lock().map_err(|_| io::Error::other("a previous part panicked"))?;
@@ -777,7 +814,11 @@ impl MultipartUpload for LocalUpload {
                         format!("with O_DIRECT only the last part may be shorter than a multiple of {ALIGN} bytes"),
                     ));
                 }
-                writer.write_at(offset, data.iter().map(AsRef::as_ref))
+                writer.write_at(offset, data.iter().map(AsRef::as_ref))?;
+                if sync && !writer.direct {
+                    writer.start_writeback(offset, len)?;
+                }
+                Ok(())
             })
             .await
         })
@@ -785,13 +826,18 @@ impl MultipartUpload for LocalUpload {
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let state = Arc::clone(&self.state);
+        let sync = self.sync;
         blocking(&self.location, move || {
             let writer = state
                 .lock()
                 .map_err(|_| io::Error::other("a part panicked"))?
                 .take()
                 .ok_or_else(|| io::Error::other("the upload was already completed or aborted"))?;
-            writer.commit()
+            if sync {
+                writer.commit_synced()
+            } else {
+                writer.commit()
+            }
         })
         .await?;
         Ok(PutResult { e_tag: None, version: None, extensions: Extensions::default() })

@@ -519,8 +519,22 @@ impl Store {
 
     /// A streaming writer: parts of `part_size` bytes, at most `max_in_flight` uploading at once.
     pub async fn writer(&self, key: &str) -> Result<Writer, StorageError> {
+        self.writer_synced(key, false).await
+    }
+
+    /// [`Self::writer`]; with `sync`, a local file is on the device when `finish` returns (its writeback starts part
+    /// by part, then the file and its directory are flushed). Object stores hold what they acknowledged.
+    pub async fn writer_synced(&self, key: &str, sync: bool) -> Result<Writer, StorageError> {
         let location = self.location(key)?;
-        let upload = self.inner.put_multipart(&location).await.map_err(|e| self.fail(key, "starting an upload", &e))?;
+        let mut options = object_store::PutMultipartOptions::default();
+        if sync {
+            options.extensions.insert(local::SyncToDevice);
+        }
+        let upload = self
+            .inner
+            .put_multipart_opts(&location, options)
+            .await
+            .map_err(|e| self.fail(key, "starting an upload", &e))?;
         Ok(Writer {
             upload: Some(WriteMultipart::new_with_chunk_size(upload, self.settings.part_size)),
             // Local parts go to one file: two writers at once contend on the inode and nearly doubled the kernel time
