@@ -112,6 +112,7 @@ def test_put_get_range_head_list_delete(backend: Backend) -> None:
     target = bytearray(4990)
     store.readinto("dir/obj.bin", 10, target)
     assert target == data[10:5000]
+    store.readinto("dir/obj.bin", 10, bytearray())  # nothing to fill
     with pytest.raises(dl_driver.StorageError, match=r"obj\.bin"):
         store.readinto("dir/obj.bin", 99_990, bytearray(11))  # past the end
     with pytest.raises(dl_driver.StorageError, match="writable, contiguous"):

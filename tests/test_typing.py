@@ -188,6 +188,7 @@ def test_every_function_method_and_property_returns_the_stub_type(tmp_path: Path
     back = bytearray(12)
     assert check("StateReader.readinto", reader.readinto(memoryview(back)[:4])) == 4
     assert reader.readinto(memoryview(back)[4:]) == 6 and back == b"0123456789\0\0"
+    assert reader.readinto(bytearray()) == 0
     with pytest.raises(dl_driver.ConfigError, match="the target must be a writable, contiguous buffer"):
         reader.readinto(b"read-only")
     check("StateReader.finish", reader.finish())

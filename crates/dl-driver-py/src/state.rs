@@ -116,8 +116,12 @@ impl StateReader {
             return Err(Error::config("StateReader.readinto: the target must be a writable, contiguous buffer"));
         }
         let (at, len) = (target.buf_ptr() as usize, target.len_bytes());
-        // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` bytes until this function
-        // returns (it outlives both calls below, which finish before it does); the caller gives it to this call alone.
+        if len == 0 {
+            return Ok(0);
+        }
+        // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` > 0 bytes until this
+        // function returns (it outlives both calls below, which finish before it does); the caller gives it to this
+        // call alone.
         #[allow(unsafe_code)]
         let memory = move || unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
         let mut reader = take(&self.inner, "StateReader")?;

@@ -75,8 +75,11 @@ impl Store {
             .into());
         }
         let (at, len) = (target.buf_ptr() as usize, target.len_bytes());
-        // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` bytes until this function
-        // returns (it outlives every use below); the caller gives it to this call alone.
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` > 0 bytes until this
+        // function returns (it outlives every use below); the caller gives it to this call alone.
         #[allow(unsafe_code)]
         let memory = move || unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
         if let Some(files) = self.inner.local() {

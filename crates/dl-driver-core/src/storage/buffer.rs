@@ -116,15 +116,18 @@ impl BufferPool {
     }
 
     /// An empty buffer with room for the pool's size.
+    /// A free buffer, or a new one. Never waits: a pool whose lock is held (for a moment by another thread, or for
+    /// good by a thread that did not survive a fork into this process, as a DataLoader worker is made) allocates.
     pub fn take(&self) -> AlignedBuf {
         let mut b =
-            self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| AlignedBuf::with_capacity(self.size));
+            self.free.try_lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| AlignedBuf::with_capacity(self.size));
         b.set_len(0);
         b
     }
 
+    /// Keeps `buffer` for reuse, or frees it (the pool is full, or its lock is held: see [`Self::take`]).
     pub fn give(&self, buffer: AlignedBuf) {
-        if let Ok(mut free) = self.free.lock() {
+        if let Ok(mut free) = self.free.try_lock() {
             if free.len() < self.limit {
                 free.push(buffer);
             }
@@ -185,6 +188,21 @@ pub fn round_up(value: usize, to: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_whose_lock_is_held_never_waits() {
+        // As in a process forked while another thread held the lock: that thread never releases it.
+        let pool = BufferPool::bounded(4096, 2);
+        pool.give(AlignedBuf::with_capacity(4096));
+        let held = pool.free.lock().unwrap();
+        let fresh = pool.take(); // allocates instead of waiting
+        assert!(fresh.capacity() >= 4096 && fresh.is_empty());
+        pool.give(fresh); // freed instead of waiting
+        assert_eq!(held.len(), 1);
+        drop(held);
+        assert_eq!(pool.take().capacity(), 4096, "the pooled buffer is still there");
+        assert!(pool.free.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn buffers_are_page_aligned_and_grow() {
