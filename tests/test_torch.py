@@ -185,6 +185,12 @@ def test_make_dataloader_yields_dlios_batches_as_views_of_the_batch_buffer(tmp_p
     assert Counter(key(b["x"][i]) for b in workers for i in range(2)) == Counter(key(s["x"]) for s in samples)
     with pytest.raises(dl_driver.ConfigError, match="batch_size 0: expected an integer >= 1"):
         DlioDataset(cfg, batch_size=0)
+    # DLIO's epochs are whole batches; a prefetch_factor without worker processes would name nothing.
+    assert len(list(make_dataloader(cfg, drop_last=True))) == 6
+    with pytest.raises(dl_driver.ConfigError, match="drop_last=False"):
+        make_dataloader(cfg, drop_last=False)
+    with pytest.raises(dl_driver.ConfigError, match="prefetch_factor applies to worker processes"):
+        make_dataloader(cfg, prefetch_factor=4)
 
 
 def test_a_batch_of_samples_of_different_shapes_is_stacked_or_refused(tmp_path: Path) -> None:

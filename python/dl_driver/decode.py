@@ -194,6 +194,12 @@ def _tfrecord(view: memoryview, where: str) -> Sample:
     return out
 
 
+def _dataset_order(name: str) -> tuple[int, str]:
+    """records_0, records_1, ..., records_10 in number order; other names after them, by name."""
+    number = name[len("records_") :]
+    return (int(number), "") if number.isdigit() else (1 << 62, name)
+
+
 def _hdf5(view: memoryview, where: str, rows: Rows | None, index: int) -> Sample:
     if rows is not None:
         names, dtype_name, dims = rows
@@ -211,7 +217,7 @@ def _hdf5(view: memoryview, where: str, rows: Rows | None, index: int) -> Sample
         raise FormatError(f"{where}: decoding this hdf5 file's samples needs h5py: pip install h5py ({e})") from e
     try:
         with h5py.File(io.BytesIO(view), "r") as f:
-            names = sorted((n for n in f if n.startswith("records_")), key=lambda n: int(n[len("records_") :] or -1))
+            names = sorted((n for n in f if n.startswith("records_")), key=_dataset_order)
             if not names:
                 raise FormatError(f"{where}: an hdf5 file without records_* datasets (has {sorted(f)})")
             return {name: np.asarray(f[name][index]) for name in names}

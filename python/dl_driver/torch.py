@@ -148,13 +148,13 @@ class DlioDataset(IterableDataset[Any]):
         for batch in batches:
             if self.batch_size is not None:
                 out = batch_samples(self._format, batch, f"{self.split}, epoch {self.epoch}", self.raw, self._spf)
-                self._step = batch.step + workers
+                self._step, self._skip = batch.step + workers, 0
                 if self.raw:
                     yield [_tensor(np.frombuffer(b, dtype=np.uint8)) for b in out]
                 else:
                     yield {name: _tensor(a) if a.dtype != object else a for name, a in out.items()}
                 continue
-            data = memoryview(batch.data)
+            data, rows = memoryview(batch.data), batch.arrays  # (each read of a batch's list builds it anew)
             skip, self._skip = (self._skip, 0) if batch.step == self._step else (0, 0)
             self._step = batch.step
             for i, ((start, end), sample) in enumerate(zip(batch.spans, batch.samples, strict=True)):
@@ -165,7 +165,7 @@ class DlioDataset(IterableDataset[Any]):
                     item: Any = _tensor(np.frombuffer(view, dtype=np.uint8))
                 else:
                     where = f"sample {sample} ({self.split}, epoch {self.epoch})"
-                    arrays = decode(self._format, view, where, rows=batch.arrays[i], index=sample % self._spf)
+                    arrays = decode(self._format, view, where, rows=rows[i], index=sample % self._spf)
                     item = {name: _tensor(a) if a.dtype != object else a for name, a in arrays.items()}
                 self._skip = i + 1
                 yield item
@@ -188,10 +188,18 @@ def make_dataloader(
     per batch (``batch_size=N`` another size, ``batch_size=None`` single samples), read by the Rust pipeline with
     ``reader.read_threads`` reads in flight and ``reader.prefetch_size`` batches ahead, in this process. Worker
     processes only with ``num_workers`` > 0 (their ``prefetch_factor`` defaults to ``reader.prefetch_size``); other
-    ``kwargs`` go to DataLoader."""
+    ``kwargs`` go to DataLoader (a ``collate_fn`` receives whole batches, unless ``batch_size=None``). Batches are
+    always full, as DLIO's (``drop_last=True`` is what it does; ``drop_last=False`` is refused)."""
     cfg = as_config(config)
     workload = int(cfg.reader.batch_size if split == "train" else cfg.reader.batch_size_eval)
     batch_size = kwargs.pop("batch_size", workload)
+    if kwargs.pop("drop_last", True) is not True:
+        raise ConfigError("make_dataloader: drop_last=False: DLIO's epochs are whole batches (the rest is dropped)")
+    if kwargs.get("prefetch_factor") is not None and not kwargs.get("num_workers"):
+        raise ConfigError(
+            "make_dataloader: prefetch_factor applies to worker processes (num_workers > 0); the batches read ahead "
+            "in this process are the workload's reader.prefetch_size"
+        )
     dataset = DlioDataset(cfg, split, raw=raw, epoch=epoch, rank=rank, world_size=world_size, batch_size=batch_size)
     options: dict[str, Any] = {"batch_size": None, "num_workers": 0}
     options.update(kwargs)

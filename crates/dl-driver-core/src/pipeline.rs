@@ -361,10 +361,12 @@ impl RangedRead {
 
 /// Batch buffers lent to consumers: process-wide, so the next epoch's pipeline reuses the last one's.
 static BATCH_BUFFERS: std::sync::LazyLock<Arc<BufferPool>> =
-    std::sync::LazyLock::new(|| Arc::new(BufferPool::bounded(0, MAX_POOLED_BATCHES)));
+    std::sync::LazyLock::new(|| Arc::new(BufferPool::bounded(0, MAX_POOLED_BATCHES, MAX_POOLED_BATCH_BYTES)));
 
-/// Batch buffers kept for reuse: the batches in flight (prefetch) and a few the consumer still holds.
+/// Batch buffers kept for reuse: the batches in flight (prefetch) and a few the consumer still holds; and their bytes
+/// at most (batches of whole large files are not kept for the life of the process).
 const MAX_POOLED_BATCHES: usize = 8;
+const MAX_POOLED_BATCH_BYTES: usize = 1 << 30;
 
 /// Bytes read to find an HDF5 file's datasets.
 const HDF5_HEADER: u64 = 64 * 1024;

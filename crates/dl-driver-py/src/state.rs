@@ -120,19 +120,34 @@ impl StateReader {
             return Ok(0);
         }
         // SAFETY: `target` holds the exporter's buffer, writable and contiguous, for `len` > 0 bytes until this
-        // function returns (it outlives both calls below, which finish before it does); the caller gives it to this
-        // call alone.
+        // function returns; the slices are made and used only on this thread (or on threads `fill_local` joins
+        // before it returns), and the caller gives the buffer to this call alone.
         #[allow(unsafe_code)]
         let memory = move || unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
         let mut reader = take(&self.inner, "StateReader")?;
-        let (filled, reader) = match py.detach(|| reader.fill_local(memory())) {
-            Some(filled) => (filled, reader),
-            None => runtime::run(py, async move {
-                let filled = reader.read(memory()).await;
-                (filled, reader)
-            })?,
+        let direct = py.detach(|| reader.fill_local(memory()));
+        let filled = if let Some(filled) = direct {
+            filled?
+        } else {
+            // The read buffer's pieces are copied here, on this thread: a task never writes into `target`, so
+            // Ctrl-C (which abandons the task) cannot leave one writing into memory Python has freed.
+            let mut filled = 0;
+            while filled < len {
+                let want = len - filled;
+                let (chunk, back) = runtime::run(py, async move {
+                    let chunk = reader.next_chunk(want).await;
+                    (chunk, reader)
+                })?;
+                reader = back;
+                let chunk = chunk?;
+                if chunk.is_empty() {
+                    break;
+                }
+                memory()[filled..filled + chunk.len()].copy_from_slice(&chunk);
+                filled += chunk.len();
+            }
+            filled
         };
-        let filled = filled?;
         put(&self.inner, reader);
         drop(target);
         Ok(filled)

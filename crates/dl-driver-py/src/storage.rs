@@ -83,9 +83,11 @@ impl Store {
         #[allow(unsafe_code)]
         let memory = move || unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
         if let Some(files) = self.inner.local() {
-            let parts = storage::parallel_parts(len);
-            if let Some(done) = py.detach(|| files.read_exact_at(key, start, memory(), parts)) {
-                done?;
+            if let Some(file) = files.open_positioned(key) {
+                let file = file?;
+                let parts = storage::parallel_parts(len);
+                py.detach(|| storage::read_exact_at(&file, start, memory(), parts))
+                    .map_err(|e| files.read_failed(key, &e))?;
                 drop(target);
                 return Ok(());
             }

@@ -157,6 +157,8 @@ struct LocalSource {
     size: u64,
     pool: std::sync::Arc<BufferPool>,
     ahead: Option<tokio::task::JoinHandle<Result<Bytes, StorageError>>>,
+    /// The file, opened once for [`StateReader::fill_local`].
+    positioned: Option<std::fs::File>,
 }
 
 impl LocalSource {
@@ -235,6 +237,7 @@ impl StateReader {
                 size: store.head(key).await?.size,
                 pool: BufferPool::new(CHUNK),
                 ahead: None,
+                positioned: None,
             })),
             None => Source::Stream(store.get_stream(key).await?.boxed()),
         };
@@ -355,11 +358,18 @@ impl StateReader {
         if local.ahead.is_some() {
             return None;
         }
+        if local.positioned.is_none() {
+            match local.files.open_positioned(&local.key)? {
+                Ok(file) => local.positioned = Some(file),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        let file = local.positioned.as_ref()?;
         let n = usize::try_from(local.size.saturating_sub(local.at)).unwrap_or(usize::MAX).min(target.len());
         let target = &mut target[..n];
         let parts = crate::storage::parallel_parts(n);
-        if let Err(e) = local.files.read_exact_at(&local.key, local.at, target, parts)? {
-            return Some(Err(e.into()));
+        if let Err(e) = crate::storage::read_exact_at(file, local.at, target, parts) {
+            return Some(Err(local.files.read_failed(&local.key, &e).into()));
         }
         local.at += n as u64;
         self.crc = crc32c_append_parallel(self.crc, target, parts);

@@ -415,14 +415,16 @@ pub fn hdf5_rows(header: &[u8]) -> Option<FileLayout> {
     Some(FileLayout::Rows { bases, row, rows: rows?, arrays: RowArrays { names, dtype, dims } })
 }
 
-/// numpy's name of an HDF5 datatype message's integer or float type (`<u1`, `>i8`, `<f4`); `None` for other classes.
+/// numpy's name of an HDF5 datatype message's integer or float type (`<u1`, `>i8`, `<f4`); `None` for other classes
+/// and for sizes or layouts numpy has no dtype for.
 fn numpy_dtype(message: &[u8]) -> Option<String> {
     let (class, bits, size) = (message.first()? & 0x0f, *message.get(1)?, le32(message.get(..8)?, 4));
     let order = if bits & 0x01 == 0 { '<' } else { '>' };
-    let kind = match class {
-        0 if bits & 0x08 != 0 => 'i',
-        0 => 'u',
-        1 => 'f',
+    let kind = match (class, size) {
+        (0, 1 | 2 | 4 | 8) if bits & 0x08 != 0 => 'i',
+        (0, 1 | 2 | 4 | 8) => 'u',
+        // IEEE floats only: bits 1-3 (VAX orders, padding) are zero in numpy's.
+        (1, 2 | 4 | 8) if bits & 0x0e == 0 => 'f',
         _ => return None,
     };
     Some(format!("{order}{kind}{size}"))

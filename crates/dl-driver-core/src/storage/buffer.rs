@@ -99,24 +99,25 @@ impl AlignedBuf {
 #[derive(Debug)]
 pub struct BufferPool {
     size: usize,
-    /// Free buffers kept at most; more are freed.
+    /// Free buffers kept at most, and their bytes at most; more are freed.
     limit: usize,
+    max_bytes: usize,
     free: std::sync::Mutex<Vec<AlignedBuf>>,
 }
 
 impl BufferPool {
     /// A pool of `size`-byte buffers.
     pub fn new(size: usize) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self::bounded(size, usize::MAX))
+        std::sync::Arc::new(Self::bounded(size, usize::MAX, usize::MAX))
     }
 
-    /// A pool of buffers of at least `size` bytes (they keep the capacity they grew to) that keeps at most `limit`.
-    pub const fn bounded(size: usize, limit: usize) -> Self {
-        Self { size, limit, free: std::sync::Mutex::new(Vec::new()) }
+    /// A pool of buffers of at least `size` bytes (they keep the capacity they grew to) that keeps at most `limit` of
+    /// them and `max_bytes` of their capacity.
+    pub const fn bounded(size: usize, limit: usize, max_bytes: usize) -> Self {
+        Self { size, limit, max_bytes, free: std::sync::Mutex::new(Vec::new()) }
     }
 
-    /// An empty buffer with room for the pool's size.
-    /// A free buffer, or a new one. Never waits: a pool whose lock is held (for a moment by another thread, or for
+    /// An empty buffer with room for the pool's size: a free one, or a new one. Never waits: a pool whose lock is held (for a moment by another thread, or for
     /// good by a thread that did not survive a fork into this process, as a DataLoader worker is made) allocates.
     pub fn take(&self) -> AlignedBuf {
         let mut b =
@@ -128,7 +129,8 @@ impl BufferPool {
     /// Keeps `buffer` for reuse, or frees it (the pool is full, or its lock is held: see [`Self::take`]).
     pub fn give(&self, buffer: AlignedBuf) {
         if let Ok(mut free) = self.free.try_lock() {
-            if free.len() < self.limit {
+            let kept: usize = free.iter().map(AlignedBuf::capacity).sum();
+            if free.len() < self.limit && kept.saturating_add(buffer.capacity()) <= self.max_bytes {
                 free.push(buffer);
             }
         }
@@ -192,7 +194,7 @@ mod tests {
     #[test]
     fn a_pool_whose_lock_is_held_never_waits() {
         // As in a process forked while another thread held the lock: that thread never releases it.
-        let pool = BufferPool::bounded(4096, 2);
+        let pool = BufferPool::bounded(4096, 2, usize::MAX);
         pool.give(AlignedBuf::with_capacity(4096));
         let held = pool.free.lock().unwrap();
         let fresh = pool.take(); // allocates instead of waiting
@@ -202,6 +204,12 @@ mod tests {
         drop(held);
         assert_eq!(pool.take().capacity(), 4096, "the pooled buffer is still there");
         assert!(pool.free.lock().unwrap().is_empty());
+        // At most `max_bytes` of free capacity are kept.
+        let pool = BufferPool::bounded(0, 8, 3 * 4096);
+        for _ in 0..2 {
+            pool.give(AlignedBuf::with_capacity(2 * 4096));
+        }
+        assert_eq!(pool.free.lock().unwrap().len(), 1, "a second 8 KiB buffer would pass the 12 KiB bound");
     }
 
     #[test]

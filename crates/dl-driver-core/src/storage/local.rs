@@ -35,11 +35,30 @@ const STREAM_CHUNK: u64 = 8 * 1024 * 1024;
 /// Chunk in which payloads are staged into aligned memory for writing.
 const WRITE_CHUNK: usize = 8 * 1024 * 1024;
 
-/// How many parts, each on its own thread, fill or check `len` bytes of memory: at most 8 (and the CPUs), at least
-/// 4 MiB each.
+/// How many parts, each on its own thread, fill or check `len` bytes of memory: at most 8 (and the CPUs, counted
+/// once per process), at least 4 MiB each.
 pub fn parallel_parts(len: usize) -> usize {
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8));
     (len / (4 << 20)).clamp(1, threads)
+}
+
+/// Fills `target` from `file` at `offset` with positioned reads, `parts` of them at once (on as many threads: filling
+/// fresh memory is bound by its page faults, which then run in parallel); one part is read on the calling thread.
+pub fn read_exact_at(file: &File, offset: u64, target: &mut [u8], parts: usize) -> io::Result<()> {
+    if parts <= 1 {
+        return file.read_exact_at(target, offset);
+    }
+    let part = target.len().div_ceil(parts).max(1);
+    std::thread::scope(|scope| {
+        let reads: Vec<_> = target
+            .chunks_mut(part)
+            .enumerate()
+            .map(|(i, piece)| scope.spawn(move || file.read_exact_at(piece, offset + (i * part) as u64)))
+            .collect();
+        reads.into_iter().try_for_each(|r| r.join().unwrap_or_else(|_| Err(io::Error::other("a read panicked"))))
+    })
 }
 
 /// A directory of local files served as an object store.
@@ -80,35 +99,10 @@ impl LocalStore {
         options.open(path).map_err(|e| refused_direct(e, self.direct, path))
     }
 
-    /// Fills `target` from `location` at `offset` with positioned reads through the page cache, `parts` of them at once
-    /// (on as many threads: filling fresh memory is bound by its page faults, which then run in parallel; see
-    /// [`parallel_parts`]). `None` with O_DIRECT, whose reads need aligned buffers.
-    pub fn read_exact_at(
-        &self,
-        location: &Path,
-        offset: u64,
-        target: &mut [u8],
-        parts: usize,
-    ) -> Option<io::Result<()>> {
-        if self.direct {
-            return None;
-        }
-        let file = match self.open_read(&self.path_of(location)) {
-            Ok(f) => f,
-            Err(e) => return Some(Err(e)),
-        };
-        let part = target.len().div_ceil(parts.max(1)).max(1);
-        Some(std::thread::scope(|scope| {
-            let reads: Vec<_> = target
-                .chunks_mut(part)
-                .enumerate()
-                .map(|(i, piece)| {
-                    let file = &file;
-                    scope.spawn(move || file.read_exact_at(piece, offset + (i * part) as u64))
-                })
-                .collect();
-            reads.into_iter().try_for_each(|r| r.join().unwrap_or_else(|_| Err(io::Error::other("a read panicked"))))
-        }))
+    /// `location` opened for positioned reads into any memory ([`read_exact_at`]); `None` with O_DIRECT, whose reads
+    /// need aligned buffers.
+    pub fn open_positioned(&self, location: &Path) -> Option<io::Result<File>> {
+        (!self.direct).then(|| self.open_read(&self.path_of(location)))
     }
 
     /// Reads `range` (whole object when `None`) of `location` into `buf`, reusing its memory; returns the object size.
@@ -343,18 +337,13 @@ impl TempWriter {
     }
 
     /// Starts writing `offset..offset + len` back to the device without waiting (`sync_file_range`), so a file
-    /// flushed at its end has most of its bytes on the device by then: the writes and the device overlap.
+    /// flushed at its end has most of its bytes on the device by then: the writes and the device overlap. Advisory:
+    /// where the call fails, the flush at the end does all of it.
     #[allow(unsafe_code)]
-    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
-            return Ok(());
-        };
-        // SAFETY: the fd is this writer's open file; the call only schedules writeback of the range.
-        let done = unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
-        if done == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+    fn start_writeback(&self, offset: u64, len: u64) {
+        if let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) {
+            // SAFETY: the fd is this writer's open file; the call only schedules writeback of the range.
+            unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
         }
     }
 
@@ -816,7 +805,7 @@ impl MultipartUpload for LocalUpload {
                 }
                 writer.write_at(offset, data.iter().map(AsRef::as_ref))?;
                 if sync && !writer.direct {
-                    writer.start_writeback(offset, len)?;
+                    writer.start_writeback(offset, len);
                 }
                 Ok(())
             })

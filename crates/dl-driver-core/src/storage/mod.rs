@@ -26,7 +26,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 pub use crate::uri::{Scheme, StorageUri};
 pub use buffer::{AlignedBuf, BufferPool, ALIGN};
 pub use error::StorageError;
-pub use local::{parallel_parts, FileWriter, LocalStore};
+pub use local::{parallel_parts, read_exact_at, FileWriter, LocalStore};
 pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
 
 /// An object as listed: its key relative to the store's location, and its size.
@@ -81,21 +81,19 @@ impl LocalFiles {
         StorageError::from_io(&self.store.shown(key), "write", error)
     }
 
-    /// Fills `target` with `key`'s bytes from `offset`, `parts` positioned reads at once on the calling thread and
-    /// as many more; `None` on an O_DIRECT store (see [`LocalStore::read_exact_at`]).
-    pub fn read_exact_at(
-        &self,
-        key: &str,
-        offset: u64,
-        target: &mut [u8],
-        parts: usize,
-    ) -> Option<Result<(), StorageError>> {
+    /// `key` opened for positioned reads into any memory ([`read_exact_at`]); `None` on an O_DIRECT store.
+    pub fn open_positioned(&self, key: &str) -> Option<Result<std::fs::File, StorageError>> {
         let location = match self.store.location(key) {
             Ok(l) => l,
             Err(e) => return Some(Err(e)),
         };
-        let done = self.local.read_exact_at(&location, offset, target, parts)?;
-        Some(done.map_err(|e| StorageError::from_io(&self.store.shown(key), "read", &e)))
+        let opened = self.local.open_positioned(&location)?;
+        Some(opened.map_err(|e| StorageError::from_io(&self.store.shown(key), "open", &e)))
+    }
+
+    /// The error of a failed positioned read of `key`.
+    pub fn read_failed(&self, key: &str, error: &io::Error) -> StorageError {
+        StorageError::from_io(&self.store.shown(key), "read", error)
     }
 
     /// [`Store::fetch`] on the calling thread, for callers that read many small objects.
