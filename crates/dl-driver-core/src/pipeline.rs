@@ -113,11 +113,19 @@ impl Readers {
         &self.spec
     }
 
+    /// A read buffer: from the run's pool, or, for a consumer of the data (Python, whose epochs each make their own
+    /// readers), from the process-wide one, so a new epoch does not fault in fresh read buffers again.
     fn take_buf(&self) -> AlignedBuf {
+        if self.spec.with_data {
+            return SAMPLE_BUFFERS.take();
+        }
         self.pool.lock().expect("pool lock").pop().unwrap_or_else(|| AlignedBuf::with_capacity(0))
     }
 
     fn give_buf(&self, buf: AlignedBuf) {
+        if self.spec.with_data {
+            return SAMPLE_BUFFERS.give(buf);
+        }
         let mut pool = self.pool.lock().expect("pool lock");
         if pool.len() < self.spec.read_threads + self.spec.prefetch + 2 {
             pool.push(buf);
@@ -362,6 +370,11 @@ impl RangedRead {
 /// Batch buffers lent to consumers: process-wide, so the next epoch's pipeline reuses the last one's.
 static BATCH_BUFFERS: std::sync::LazyLock<Arc<BufferPool>> =
     std::sync::LazyLock::new(|| Arc::new(BufferPool::bounded(0, MAX_POOLED_BATCHES, MAX_POOLED_BATCH_BYTES)));
+
+/// Read buffers of the pipelines whose data goes to a consumer (see [`Readers::take_buf`]), kept across epochs.
+static SAMPLE_BUFFERS: std::sync::LazyLock<BufferPool> =
+    std::sync::LazyLock::new(|| BufferPool::bounded(0, MAX_POOLED_SAMPLES, MAX_POOLED_BATCH_BYTES / 2));
+const MAX_POOLED_SAMPLES: usize = 64;
 
 /// Batch buffers kept for reuse: the batches in flight (prefetch) and a few the consumer still holds; and their bytes
 /// at most (batches of whole large files are not kept for the life of the process).
