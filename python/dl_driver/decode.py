@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from dl_driver import _core
 from dl_driver._core import FormatError
+from dl_driver.storage import SeekableReader
 
 Sample = dict[str, npt.NDArray[Any]]
 DECODED = ("npy", "npz", "hdf5", "tfrecord", "jpeg", "png")
@@ -31,30 +32,16 @@ DECODED = ("npy", "npz", "hdf5", "tfrecord", "jpeg", "png")
 Rows = tuple[list[str], str, list[int]]
 
 
-class _View(io.RawIOBase):
+class _View(SeekableReader):
     """A read-only, seekable file over a memoryview (zipfile and numpy's header readers read small parts of it)."""
 
     def __init__(self, view: memoryview) -> None:
+        super().__init__(len(view))
         self._view = view
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._at
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
-        self._at = max(0, base + offset)
-        return self._at
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")
-        n = max(0, min(len(target), len(self._view) - self._at))
+        n = max(0, min(len(target), self._size - self._at))
         target[:n] = self._view[self._at : self._at + n]
         self._at += n
         return n

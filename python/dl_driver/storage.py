@@ -11,9 +11,32 @@ Reads return a ``Buffer`` that shares the bytes without a copy (``memoryview(buf
 
 from __future__ import annotations
 
+import io
+
 from dl_driver._core import Buffer, ObjectInfo, StorageError, Store
 
-__all__ = ["Buffer", "ObjectInfo", "StorageError", "Store", "open"]
+__all__ = ["Buffer", "ObjectInfo", "SeekableReader", "StorageError", "Store", "open"]
+
+
+class SeekableReader(io.RawIOBase):
+    """A read-only, seekable file of ``size`` bytes; a subclass's ``readinto`` reads from ``self._at`` on."""
+
+    def __init__(self, size: int) -> None:
+        self._size, self._at = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(0, base + offset)
+        return self._at
 
 
 def open(uri: str, **options: str | float | bool) -> Store:  # noqa: A001 - mirrors builtins.open on purpose

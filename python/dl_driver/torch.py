@@ -394,27 +394,13 @@ class _WriteStream(io.RawIOBase):
         self._writer.finish()
 
 
-class _ReadStream(io.RawIOBase):
+class _ReadStream(dl_storage.SeekableReader):
     """A DCP input file: seekable, read through ranged reads of ``_STREAM_CHUNK`` bytes."""
 
     def __init__(self, store: dl_storage.Store, key: str) -> None:
+        super().__init__(store.head(key).size)
         self._store, self._key = store, key
-        self._size = store.head(key).size
-        self._at, self._window_start, self._window = 0, 0, memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._at
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: self._size}[whence]
-        self._at = max(0, base + offset)
-        return self._at
+        self._window_start, self._window = 0, memoryview(b"")
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")
