@@ -66,11 +66,15 @@ def npz_object(reader: Any) -> dict[str, torch.Tensor]:
         return {"x": torch.from_numpy(npz["x"]), "y": torch.from_numpy(npz["y"])}
 
 
-def timed_epochs(name: str, loader: Iterable[dict[str, torch.Tensor]], epochs: int, expected: int) -> list[float]:
-    """One untimed epoch, then `epochs` timed ones; each epoch's samples/s. Every epoch must see `expected` samples."""
+def timed_epochs(name: str, loader: Iterable[dict[str, torch.Tensor]], epochs: int, expected: int,
+                 cpu: dict[str, list[float]] | None = None) -> list[float]:
+    """One untimed epoch, then `epochs` timed ones; each epoch's samples/s. Every epoch must see `expected` samples.
+    With `cpu`, each timed epoch's CPUs in use (CPU seconds / epoch seconds) are appended to cpu["client"] (this
+    process and its worker processes) and cpu["server"] (the SeaweedFS server's processes)."""
     rates = []
     for epoch in range(epochs + 1):
         samples = 0
+        used = (cpu_seconds(family(os.getpid())), cpu_seconds(server_pids())) if cpu is not None else (0.0, 0.0)
         start = time.perf_counter()
         for batch in loader:
             samples += len(batch["x"])
@@ -79,7 +83,47 @@ def timed_epochs(name: str, loader: Iterable[dict[str, torch.Tensor]], epochs: i
             raise RuntimeError(f"{name}: epoch {epoch} gave {samples} samples, expected {expected}")
         if epoch:
             rates.append(samples / seconds)
+            if cpu is not None:
+                cpu["client"].append((cpu_seconds(family(os.getpid())) - used[0]) / seconds)
+                cpu["server"].append((cpu_seconds(server_pids()) - used[1]) / seconds)
     return rates
+
+
+def processes() -> dict[int, tuple[str, int]]:
+    """Every process's (command name, parent pid)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                head, tail = (entry / "stat").read_text().rsplit(")", 1)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            found[int(entry.name)] = (head.split("(", 1)[1], int(tail.split()[1]))
+    return found
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (DataLoader workers)."""
+    table, members = processes(), [pid]
+    for member in members:
+        members += [p for p, (_, parent) in table.items() if parent == member]
+    return members
+
+
+def server_pids() -> list[int]:
+    return [p for p, (name, _) in processes().items() if name == "weed"]
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of the live processes `pids` so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def workload(data_folder: str, files: int, options: dict[str, str] | None = None) -> dict[str, Any]:
@@ -166,11 +210,12 @@ def s3(args: argparse.Namespace) -> dict[str, Any]:
         "s3torchconnector S3IterableDataset (num_workers=0)": lambda: connector(0),
     }
     runs: dict[str, list[float]] = {name: [] for name in loaders}
+    cpu: dict[str, dict[str, list[float]]] = {name: {"client": [], "server": []} for name in loaders}
     for _ in range(args.repeats):
         for name, make in loaders.items():
-            runs[name] += timed_epochs(name, make(), args.epochs, args.files)
+            runs[name] += timed_epochs(name, make(), args.epochs, args.files, cpu[name])
     return {"label": f"unet3d-shaped npz on SeaweedFS S3 ({args.files} objects x 8 MiB, batch {BATCH})",
-            "generation": {"generated": generated}, "sample_mib": 8.0, "runs": runs, "limit_mib_s": [],
+            "generation": {"generated": generated}, "sample_mib": 8.0, "runs": runs, "cpu": cpu, "limit_mib_s": [],
             "target": {"what": "s3torchconnector at its faster setting", "ratio": S3_TARGET,
                        "against": ["s3torchconnector S3IterableDataset (4 workers)",
                                    "s3torchconnector S3IterableDataset (num_workers=0)"]}}
@@ -192,12 +237,16 @@ def markdown(result: dict[str, Any]) -> str:
     for case in result["cases"]:
         headline = OURS
         ours = statistics.median(case["runs"][headline])
-        lines += [f"### {case['label']}", "", "| loader | samples/s | MiB/s | dl-driver is | runs |",
-                  "|---|---|---|---|---|"]
+        cpu = case.get("cpu")
+        columns = " client CPUs | server CPUs |" if cpu else ""
+        lines += [f"### {case['label']}", "", f"| loader | samples/s | MiB/s | dl-driver is |{columns} runs |",
+                  "|---|---|---|---|" + ("---|---|" if cpu else "") + "---|"]
         for name, rates in case["runs"].items():
             rate = statistics.median(rates)
             ratio = "" if name == headline else f"{ours / rate:.2f}x"
-            lines.append(f"| {name} | {rate:,.1f} | {rate * case['sample_mib']:,.0f} | {ratio} | "
+            used = (f" {statistics.median(cpu[name]['client']):.2f} | {statistics.median(cpu[name]['server']):.2f} |"
+                    if cpu else "")
+            lines.append(f"| {name} | {rate:,.1f} | {rate * case['sample_mib']:,.0f} | {ratio} |{used} "
                          f"{', '.join(f'{r:,.1f}' for r in rates)} |")
         if case["limit_mib_s"]:
             limit = statistics.median(case["limit_mib_s"])
@@ -205,6 +254,15 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{ours * case['sample_mib'] / limit:.2f} of it | "
                          f"{', '.join(f'{r:,.0f}' for r in case['limit_mib_s'])} |")
         lines.append("")
+    if any(case.get("cpu") for case in result["cases"]):
+        lines += [
+            (
+                "CPUs: the median over timed epochs of CPU seconds per second of the loop's process and its worker "
+                "processes (client) and of the SeaweedFS server's processes (server), read from /proc; the two "
+                f"share the machine's {result['machine']}."
+            ),
+            "",
+        ]
     for case in result["cases"]:
         target = case["target"]
         ours = statistics.median(case["runs"][OURS])
@@ -220,7 +278,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dlio", required=True, help="the dlio_benchmark command of DLIO 2.0.0")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/dl-driver-readbench"), help="scratch folder on disk")
-    parser.add_argument("--files", type=int, default=64, help="npz files of 8 MiB")
+    parser.add_argument("--files", type=int, default=256, help="npz files of 8 MiB (2 GiB: epochs of 0.5-3 s)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per Python loader and repeat")
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 case")
