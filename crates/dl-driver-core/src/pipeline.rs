@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::config::Format;
 use crate::formats::read::{self, FileLayout};
 use crate::sampler::{EpochOrder, SampleId};
-use crate::storage::{AlignedBuf, BufferPool, StorageError, Store};
+use crate::storage::{AlignedBuf, BufferPool, OpenObject, StorageError, Store};
 
 /// Why reading failed.
 #[derive(Debug, thiserror::Error)]
@@ -262,15 +262,22 @@ impl Readers {
         }
         let this = Arc::clone(&self);
         let out = tokio::task::spawn_blocking(move || {
+            // Consecutive samples of one file (the records of a batch) share one open of it.
+            let mut open: Option<(String, OpenObject)> = None;
             planned
                 .into_iter()
                 .map(|(id, key, ranges, layout)| {
+                    let object = match open.take() {
+                        Some((opened, object)) if opened == key => object,
+                        _ => local.open_object(&key)?,
+                    };
                     let mut read = RangedRead::new(id, key, this.take_buf(), Instant::now(), layout);
                     for range in ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect()) {
                         let buf = read.take_buf();
-                        let fetched = local.fetch(&read.key, range, buf, this.spec.transfer)?;
+                        let fetched = local.fetch_open(&object, &read.key, range, buf, this.spec.transfer)?;
                         read.absorb(&this, fetched)?;
                     }
+                    open = Some((read.key.clone(), object));
                     Ok(read.finish(&this))
                 })
                 .collect::<Result<Vec<_>, PipelineError>>()

@@ -61,6 +61,14 @@ pub fn read_exact_at(file: &File, offset: u64, target: &mut [u8], parts: usize) 
     })
 }
 
+/// A local object open for reading, and its size when it was opened.
+#[derive(Debug)]
+pub struct OpenObject {
+    file: File,
+    size: u64,
+    path: PathBuf,
+}
+
 /// A directory of local files served as an object store.
 #[derive(Debug)]
 pub struct LocalStore {
@@ -126,9 +134,27 @@ impl LocalStore {
         buf: &mut AlignedBuf,
         transfer: Option<usize>,
     ) -> io::Result<(u64, usize, Instant)> {
+        self.read_open(&self.open_object(location)?, range, buf, transfer)
+    }
+
+    /// `location` opened for [`Self::read_open`], with its size.
+    pub fn open_object(&self, location: &Path) -> io::Result<OpenObject> {
         let path = self.path_of(location);
         let file = self.open_read(&path)?;
         let size = file.metadata()?.len();
+        Ok(OpenObject { file, size, path })
+    }
+
+    /// [`Self::read_timed`] from an object opened by [`Self::open_object`] (reads of one file in a row share its
+    /// open: the records of a batch).
+    pub fn read_open(
+        &self,
+        object: &OpenObject,
+        range: Option<Range<u64>>,
+        buf: &mut AlignedBuf,
+        transfer: Option<usize>,
+    ) -> io::Result<(u64, usize, Instant)> {
+        let (file, size, path) = (&object.file, object.size, &object.path);
         // Like S3, a range reaching past the end is cut at the end; one starting past it is an error.
         let range = range.map_or(0..size, |r| r.start..r.end.min(size));
         if range.start > range.end {

@@ -26,7 +26,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 pub use crate::uri::{Scheme, StorageUri};
 pub use buffer::{AlignedBuf, BufferPool, ALIGN};
 pub use error::StorageError;
-pub use local::{parallel_parts, read_exact_at, FileWriter, LocalStore};
+pub use local::{parallel_parts, read_exact_at, FileWriter, LocalStore, OpenObject};
 pub use options::{parse_duration, Settings, StorageOptions, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE};
 
 /// An object as listed: its key relative to the store's location, and its size.
@@ -101,13 +101,43 @@ impl LocalFiles {
         &self,
         key: &str,
         range: Option<Range<u64>>,
-        mut buf: AlignedBuf,
+        buf: AlignedBuf,
         transfer: Option<usize>,
     ) -> Result<Fetched, StorageError> {
         let started = Instant::now();
+        let object = self.open_object(key)?;
+        self.read_open(&object, key, range, buf, transfer, started)
+    }
+
+    /// `key` opened for [`Self::fetch_open`]: reads of one file in a row then share one open.
+    pub fn open_object(&self, key: &str) -> Result<OpenObject, StorageError> {
         let location = self.store.location(key)?;
+        self.local.open_object(&location).map_err(|e| StorageError::from_io(&self.store.shown(key), "read", &e))
+    }
+
+    /// [`Self::fetch`] from `object`, which [`Self::open_object`] opened from `key`.
+    pub fn fetch_open(
+        &self,
+        object: &OpenObject,
+        key: &str,
+        range: Option<Range<u64>>,
+        buf: AlignedBuf,
+        transfer: Option<usize>,
+    ) -> Result<Fetched, StorageError> {
+        self.read_open(object, key, range, buf, transfer, Instant::now())
+    }
+
+    fn read_open(
+        &self,
+        object: &OpenObject,
+        key: &str,
+        range: Option<Range<u64>>,
+        mut buf: AlignedBuf,
+        transfer: Option<usize>,
+        started: Instant,
+    ) -> Result<Fetched, StorageError> {
         self.local
-            .read_timed(&location, range, &mut buf, transfer)
+            .read_open(object, range, &mut buf, transfer)
             .map(|(_, skip, first)| Fetched { buf, skip, first_byte: first - started })
             .map_err(|e| StorageError::from_io(&self.store.shown(key), "read", &e))
     }
