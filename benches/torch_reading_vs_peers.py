@@ -11,8 +11,9 @@ start-up, first touch of its memory), then its timed epochs: the time from askin
 the last, the same boundary for every Python loader. DLIO 2.0.0 runs its own training loop on the same files with
 ``read_threads: 4``, batch 4 and computation_time 0 (``dlio_benchmark``, one process): its summary's
 train_throughput_mean_samples_per_second over epochs 2 and 3 (epoch 1 starts its workers) -- its inner time, the
-same boundary. Page cache: every file is read before each run, for every tool alike. The tools alternate every
-repeat; every run is published. Writes benches/results/torch_reading.json and its section of benches/RESULTS.md.
+same boundary. Page cache: every file is read before each run, for every tool alike. On S3 each timed epoch also
+records the CPUs the loop's processes and the SeaweedFS server used (from /proc): they share the machine's CPUs, so
+a client's CPU is taken from the server. The tools alternate every repeat; every run is published. Writes benches/results/torch_reading.json and its section of benches/RESULTS.md.
 """
 
 from __future__ import annotations
