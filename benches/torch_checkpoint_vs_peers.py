@@ -75,7 +75,7 @@ def savers(state: dict[str, torch.Tensor]) -> dict[str, Callable[[Path, bool], N
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=sync), no_dist=True)
 
     def dcp_ours(folder: Path, sync: bool) -> None:
-        dcp.save(state, storage_writer=StorageWriter(f"file://{folder}"), no_dist=True)
+        dcp.save(state, storage_writer=StorageWriter(f"file://{folder}", sync_files=False), no_dist=True)
         if sync:
             fsync_tree(folder)
 

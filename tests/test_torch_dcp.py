@@ -77,3 +77,31 @@ def test_a_failed_save_names_the_file_and_leaves_no_metadata_and_ids_are_validat
     assert not list(tmp_path.rglob("*.metadata"))
     assert StorageWriter.validate_checkpoint_id("s3://bucket/ckpt") and StorageReader.validate_checkpoint_id("az://c/ckpt")
     assert not StorageWriter.validate_checkpoint_id("/plain/path")
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_sync_files_flushes_every_file_including_the_metadata_and_can_be_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dl_driver._core
+
+    real = dl_driver._core.StateWriter
+    opened: list[tuple[str, bool]] = []
+
+    def recording(uri: str, key: str, rank: int = 0, zstd: int | None = None, options: Any = None, fsync: bool = False) -> Any:
+        opened.append((key, fsync))
+        return real(uri, key, rank, zstd, options, fsync)
+
+    monkeypatch.setattr(dl_driver._core, "StateWriter", recording)
+    saved = state()
+    dcp.save(saved, storage_writer=StorageWriter(f"file://{tmp_path}/synced"), no_dist=True)  # FileSystemWriter's default
+    assert {key for key, _ in opened} >= {".metadata", "__0_0.distcp"}, opened
+    assert all(sync for _, sync in opened), opened
+    opened.clear()
+    dcp.save(saved, storage_writer=StorageWriter(f"file://{tmp_path}/unsynced", sync_files=False), no_dist=True)
+    assert opened and not any(sync for _, sync in opened), opened
+    for name in ("synced", "unsynced"):
+        loaded = zeros_like(saved)
+        dcp.load(loaded, storage_reader=StorageReader(f"file://{tmp_path}/{name}"), no_dist=True)
+        assert_equal(loaded, saved)
+    assert not list(tmp_path.rglob("*.tmp")), "the temporary metadata was renamed"

@@ -427,9 +427,10 @@ class _ReadStream(dl_storage.SeekableReader):
 class _StoreFileSystem(FileSystemBase):
     """DCP's file-system interface over dl-driver's stores: a path is a location URI and a file name in it."""
 
-    def __init__(self, storage_options: dict[str, str] | None) -> None:
+    def __init__(self, storage_options: dict[str, str] | None, fsync: bool = False) -> None:
         self._options = dict(storage_options or {})
         self._stores: dict[str, dl_storage.Store] = {}
+        self._fsync = fsync
 
     def _split(self, path: str | os.PathLike[str]) -> tuple[str, str]:
         parent, _, name = str(path).rstrip("/").rpartition("/")
@@ -444,13 +445,17 @@ class _StoreFileSystem(FileSystemBase):
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[io.IOBase]:
         parent, name = self._split(path)
         if mode == "wb":
-            stream = _WriteStream(_core.StateWriter(parent, name, 0, None, self._options or None))
+            stream = _WriteStream(self._writer(parent, name))
             yield stream  # an exception here drops the writer, which discards the upload
             stream.finish()
         elif mode == "rb":
             yield _ReadStream(self._store(parent), name)
         else:
             raise ConfigError(f"{path}: DCP asked for mode '{mode}' (dl-driver's stores write 'wb' and read 'rb')")
+
+    def _writer(self, parent: str, name: str) -> _core.StateWriter:
+        """A file's writer; with ``fsync``, a local file is on the device before it appears under its name."""
+        return _core.StateWriter(parent, name, 0, None, self._options or None, self._fsync)
 
     def concat_path(self, path: str | os.PathLike[str], suffix: str) -> str:
         return f"{str(path).rstrip('/')}/{suffix}"
@@ -461,7 +466,9 @@ class _StoreFileSystem(FileSystemBase):
     def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
         (parent, name), (new_parent, new_name) = self._split(path), self._split(new_path)
         store = self._store(parent)
-        self._store(new_parent).put(new_name, bytes(store.get(name)))
+        writer = self._writer(new_parent, new_name)
+        writer.write(store.get(name))
+        writer.finish()
         store.delete(name)
 
     def mkdir(self, path: str | os.PathLike[str]) -> None:
@@ -482,11 +489,16 @@ class _StoreFileSystem(FileSystemBase):
 
 class StorageWriter(FileSystemWriter):
     """``dcp.save(state_dict, storage_writer=StorageWriter(uri))`` (and ``dcp.async_save``) into any dl-driver
-    location; ``storage_options`` are ``dl_driver.storage.open``'s, other arguments FileSystemWriter's."""
+    location; ``storage_options`` are ``dl_driver.storage.open``'s, other arguments FileSystemWriter's.
+    ``sync_files`` (on by default, as FileSystemWriter's) puts each local file on the device before it appears under
+    its name, ``.metadata`` last; an object store has a file once its upload completes."""
 
-    def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, uri: str, *, storage_options: dict[str, str] | None = None, sync_files: bool = True, **kwargs: Any
+    ) -> None:
+        # DCP's own sync would call os.sync() for streams without a file descriptor: ours flush each file themselves.
         super().__init__(uri, sync_files=False, **kwargs)
-        self.fs: Any = _StoreFileSystem(storage_options)
+        self.fs: Any = _StoreFileSystem(storage_options, fsync=sync_files)
         self.path = self.fs.init_path(uri)
 
     @classmethod
