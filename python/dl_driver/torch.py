@@ -466,8 +466,9 @@ class _StoreFileSystem(FileSystemBase):
     def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
         (parent, name), (new_parent, new_name) = self._split(path), self._split(new_path)
         store = self._store(parent)
+        data = store.get(name)  # before the writer: a failed read leaves no upload behind
         writer = self._writer(new_parent, new_name)
-        writer.write(store.get(name))
+        writer.write(data)
         writer.finish()
         store.delete(name)
 
@@ -496,7 +497,7 @@ class StorageWriter(FileSystemWriter):
     def __init__(
         self, uri: str, *, storage_options: dict[str, str] | None = None, sync_files: bool = True, **kwargs: Any
     ) -> None:
-        # DCP's own sync would call os.sync() for streams without a file descriptor: ours flush each file themselves.
+        # DCP's own sync calls os.fsync(stream.fileno()), which our streams lack (it warns): they flush themselves.
         super().__init__(uri, sync_files=False, **kwargs)
         self.fs: Any = _StoreFileSystem(storage_options, fsync=sync_files)
         self.path = self.fs.init_path(uri)

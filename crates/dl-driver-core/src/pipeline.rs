@@ -267,14 +267,16 @@ impl Readers {
             planned
                 .into_iter()
                 .map(|(id, key, ranges, layout)| {
+                    // The sample's read time and first byte include the open when it needed one.
+                    let started = Instant::now();
                     let object = match open.take() {
                         Some((opened, object)) if opened == key => object,
                         _ => local.open_object(&key)?,
                     };
-                    let mut read = RangedRead::new(id, key, this.take_buf(), Instant::now(), layout);
+                    let mut read = RangedRead::new(id, key, this.take_buf(), started, layout);
                     for range in ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect()) {
                         let buf = read.take_buf();
-                        let fetched = local.fetch_open(&object, &read.key, range, buf, this.spec.transfer)?;
+                        let fetched = local.fetch_open(&object, &read.key, range, buf, this.spec.transfer, started)?;
                         read.absorb(&this, fetched)?;
                     }
                     open = Some((read.key.clone(), object));

@@ -106,7 +106,7 @@ impl LocalFiles {
     ) -> Result<Fetched, StorageError> {
         let started = Instant::now();
         let object = self.open_object(key)?;
-        self.read_open(&object, key, range, buf, transfer, started)
+        self.fetch_open(&object, key, range, buf, transfer, started)
     }
 
     /// `key` opened for [`Self::fetch_open`]: reads of one file in a row then share one open.
@@ -115,19 +115,9 @@ impl LocalFiles {
         self.local.open_object(&location).map_err(|e| StorageError::from_io(&self.store.shown(key), "read", &e))
     }
 
-    /// [`Self::fetch`] from `object`, which [`Self::open_object`] opened from `key`.
+    /// [`Self::fetch`] from `object`, which [`Self::open_object`] opened from `key`; the first byte is timed from
+    /// `started` (before the open, when this read needed one).
     pub fn fetch_open(
-        &self,
-        object: &OpenObject,
-        key: &str,
-        range: Option<Range<u64>>,
-        buf: AlignedBuf,
-        transfer: Option<usize>,
-    ) -> Result<Fetched, StorageError> {
-        self.read_open(object, key, range, buf, transfer, Instant::now())
-    }
-
-    fn read_open(
         &self,
         object: &OpenObject,
         key: &str,
