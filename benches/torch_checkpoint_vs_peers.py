@@ -75,9 +75,7 @@ def savers(state: dict[str, torch.Tensor]) -> dict[str, Callable[[Path, bool], N
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=sync), no_dist=True)
 
     def dcp_ours(folder: Path, sync: bool) -> None:
-        dcp.save(state, storage_writer=StorageWriter(f"file://{folder}", sync_files=False), no_dist=True)
-        if sync:
-            fsync_tree(folder)
+        dcp.save(state, storage_writer=StorageWriter(f"file://{folder}", sync_files=sync), no_dist=True)
 
     return {
         "dl-driver save_checkpoint": ours,
@@ -262,7 +260,7 @@ def main() -> int:
             f"A {size / GIB:.2f} GiB state_dict of float32 Linear layers written to a new folder on the local disk "
             "(--work), each save timed around the call in one process; `sync` (untimed) before every save; "
             "'+ fsync' rows flush every file and its folder on both sides (dl-driver `fsync=True`, `os.fsync` after "
-            "`torch.save`, DCP `sync_files=True`, the dl-driver StorageWriter row fsyncs after the call); loads read "
+            "`torch.save`, DCP `sync_files=True` for FileSystemWriter and the dl-driver StorageWriter alike); loads read "
             "the unsynced save's files back from the page cache into a fresh state. Medians of "
             f"{args.repeats} alternating repeats, GiB/s of state; the ratio is against torch.save in the same row "
             "group (on S3: s3torchconnector's S3Checkpoint writer/reader around torch.save/torch.load, on SeaweedFS on "
