@@ -5,8 +5,9 @@
     >>> bytes(store.get("a/b.bin"))
 
 Reads return a ``Buffer`` that shares the bytes without a copy (``memoryview(buf)``, ``numpy.frombuffer(buf)``,
-``bytes(buf)`` copies); ``store.readinto(key, start, target)`` fills memory of your own (local files straight into it). Calls release the GIL. A missing object raises FileNotFoundError; other failures raise
-``dl_driver.StorageError`` naming the URI (never a credential).
+``bytes(buf)`` copies); ``store.readinto(key, start, target)`` fills memory of your own (local files straight into
+it). Calls release the GIL. A missing object raises FileNotFoundError; other failures raise ``dl_driver.StorageError``
+naming the URI (never a credential).
 """
 
 from __future__ import annotations

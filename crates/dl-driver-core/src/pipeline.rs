@@ -3,7 +3,8 @@
 //! Reads go into page-aligned buffers from a pool that is reused for the whole run; a batch's bytes are copied into
 //! one pooled batch buffer only when the consumer wants the data (Python), so assembling a batch allocates nothing
 //! per sample, and the batch buffer returns to its process-wide pool when the consumer drops it (fresh memory costs a
-//! page fault per 4 KiB: reading into it ran at a third of the page cache's speed). `reader.read_type: memory` reads each file once per epoch and serves its samples from memory.
+//! page fault per 4 KiB: reading into it ran at a third of the page cache's speed). `reader.read_type: memory` reads
+//! each file once per epoch and serves its samples from memory.
 
 use std::collections::HashMap;
 use std::io;
@@ -269,9 +270,9 @@ impl Readers {
                 .map(|(id, key, ranges, layout)| {
                     // The sample's read time and first byte include the open when it needed one.
                     let started = Instant::now();
-                    let object = match open.take() {
-                        Some((opened, object)) if opened == key => object,
-                        _ => local.open_object(&key)?,
+                    let (opened, object) = match open.take() {
+                        Some(same) if same.0 == key => same,
+                        _ => (key.clone(), local.open_object(&key)?),
                     };
                     let mut read = RangedRead::new(id, key, this.take_buf(), started, layout);
                     for range in ranges.map_or_else(|| vec![None], |r| r.into_iter().map(Some).collect()) {
@@ -279,7 +280,7 @@ impl Readers {
                         let fetched = local.fetch_open(&object, &read.key, range, buf, this.spec.transfer, started)?;
                         read.absorb(&this, fetched)?;
                     }
-                    open = Some((read.key.clone(), object));
+                    open = Some((opened, object));
                     Ok(read.finish(&this))
                 })
                 .collect::<Result<Vec<_>, PipelineError>>()

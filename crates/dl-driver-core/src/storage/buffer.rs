@@ -117,8 +117,9 @@ impl BufferPool {
         Self { size, limit, max_bytes, free: std::sync::Mutex::new(Vec::new()) }
     }
 
-    /// An empty buffer with room for the pool's size: a free one, or a new one. Never waits: a pool whose lock is held (for a moment by another thread, or for
-    /// good by a thread that did not survive a fork into this process, as a DataLoader worker is made) allocates.
+    /// An empty buffer with room for the pool's size: a free one, or a new one. Never waits: a pool whose lock is held
+    /// (for a moment by another thread, or for good by a thread that did not survive a fork into this process, as a
+    /// DataLoader worker is made) allocates.
     pub fn take(&self) -> AlignedBuf {
         let mut b =
             self.free.try_lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(|| AlignedBuf::with_capacity(self.size));

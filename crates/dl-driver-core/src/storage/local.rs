@@ -51,13 +51,17 @@ pub fn read_exact_at(file: &File, offset: u64, target: &mut [u8], parts: usize) 
         return file.read_exact_at(target, offset);
     }
     let part = target.len().div_ceil(parts).max(1);
+    let (first, rest) = target.split_at_mut(part.min(target.len()));
     std::thread::scope(|scope| {
-        let reads: Vec<_> = target
+        let reads: Vec<_> = rest
             .chunks_mut(part)
             .enumerate()
-            .map(|(i, piece)| scope.spawn(move || file.read_exact_at(piece, offset + (i * part) as u64)))
+            .map(|(i, piece)| scope.spawn(move || file.read_exact_at(piece, offset + ((i + 1) * part) as u64)))
             .collect();
-        reads.into_iter().try_for_each(|r| r.join().unwrap_or_else(|_| Err(io::Error::other("a read panicked"))))
+        let here = file.read_exact_at(first, offset);
+        reads
+            .into_iter()
+            .fold(here, |done, r| done.and(r.join().unwrap_or_else(|_| Err(io::Error::other("a read panicked")))))
     })
 }
 
